@@ -1,0 +1,415 @@
+"""Vision Mamba: a pure-PyTorch hybrid of bidirectional selective state-space (Mamba) layers
+and multi-head attention for image classification.
+
+Reads top-down: PatchEmbed -> blocks -> norm -> mean pool -> head.
+
+Glossary of symbols used in shape comments
+    B      batch size                       L      tokens per image (H/p * W/p)
+    D      embedding width (embed_dim)      E      SSM inner width (expand * D)
+    G      scan directions (2: forward over the token order, and backward)
+    N      SSM state size per channel (d_state)
+    R      rank of the delta projection (dt_rank = ceil(D / 16))
+    delta  per-token, per-channel step size, softplus(...) > 0
+    A      per-channel, per-state decay rate, A = -exp(A_log) < 0
+    Bm, Cm input-dependent input and output maps of the SSM (B and C in the Mamba paper)
+
+The selective scan has two implementations side by side: `selective_scan_ref`, a plain loop
+over tokens that is obviously correct, and `selective_scan`, the fast path used by the model,
+a chunked cumulative-sum scan with no Python loop over L. Tests hold the fast one to the
+reference in value and gradient.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ------------------------------------------------------------------------------------------
+# Size table: the one place where the model sizes are defined. Parameter counts are at
+# 32x32, 3 channels, 10 classes, block_type="hybrid" (tests check these figures).
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    embed_dim: int
+    depth: int
+    num_heads: int
+    d_state: int
+    d_conv: int
+    expand: int
+    mlp_ratio: float
+    approx_params_m: float
+
+
+MODEL_SIZES = {
+    "tiny": ModelSize(embed_dim=192, depth=10, num_heads=3, d_state=16, d_conv=4, expand=1, mlp_ratio=4.0, approx_params_m=6.5),
+    "small": ModelSize(embed_dim=384, depth=10, num_heads=6, d_state=16, d_conv=4, expand=1, mlp_ratio=4.0, approx_params_m=22.6),
+    "base": ModelSize(embed_dim=768, depth=10, num_heads=12, d_state=16, d_conv=4, expand=1, mlp_ratio=4.0, approx_params_m=89.9),
+    "large": ModelSize(embed_dim=1024, depth=18, num_heads=16, d_state=16, d_conv=4, expand=1, mlp_ratio=4.0, approx_params_m=303.0),
+}
+BLOCK_TYPES = ("hybrid", "ssm", "attention")
+STEMS = ("conv", "patch")
+
+# ------------------------------------------------------------------------------------------
+# Selective scan.
+#   h[t] = exp(delta[t] * A) * h[t-1] + delta[t] * Bm[t] * u[t]
+#   y[t] = sum_n Cm[t, n] * h[t, n] + D * u[t]
+# Shapes: u, delta (B, L, G, E); A (G, E, N); Bm, Cm (B, L, G, N); D (G, E). All math in fp32.
+
+# The fast path is a radix-SCAN_CHUNK tree scan: a constant number of elementwise steps inside
+# chunks of SCAN_CHUNK tokens, then the same recurrence one level up over the chunk ends. It
+# multiplies decay factors in [0, 1] directly, never exp(-cumsum): nothing can overflow, tiny
+# decays underflow harmlessly to 0, and no clamp changes the result.
+SCAN_CHUNK = 8
+
+
+def selective_scan_ref(u, delta, A, Bm, Cm, D):
+    """Sequential reference: one token at a time, exactly the recurrence above."""
+    u, delta, Bm, Cm = u.float(), delta.float(), Bm.float(), Cm.float()
+    batch, length, groups, inner = u.shape
+    h = u.new_zeros(batch, groups, inner, A.shape[-1])  # (B, G, E, N)
+    ys = []
+    for t in range(length):
+        decay = torch.exp(delta[:, t, :, :, None] * A)  # (B, G, E, N)
+        h = decay * h + (delta[:, t] * u[:, t])[..., None] * Bm[:, t, :, None, :]
+        ys.append((h * Cm[:, t, :, None, :]).sum(-1))  # (B, G, E)
+    return torch.stack(ys, dim=1) + u * D
+
+
+def linear_scan_(a, x, reverse=False):
+    """In place: x becomes h, with h[t] = a[t] * h[t-1] + x[t] along dim 1 and h[-1] = 0
+    (reverse: h[t] = a[t] * h[t+1] + x[t], h[L] = 0), for decays a in [0, 1]; a is overwritten.
+
+    Radix tree scan, no loop over L: SCAN_CHUNK elementwise steps run the recurrence inside
+    every chunk at once, turning a into each position's decay from the chunk's edge; the states
+    at the chunk edges obey the same recurrence over L / SCAN_CHUNK chunks (recursion, depth
+    log8(L)); then every position adds the carried-in state times its decay from the edge.
+    Returns h (x itself, or a new tensor when L had to be padded to a multiple of the chunk).
+    """
+    length = x.shape[1]
+    if length == 1:
+        return x
+    pad = (-length) % SCAN_CHUNK
+    if pad:  # decay 1 and input 0 leave the padded tail harmless in both directions
+        pad_shape = (x.shape[0], pad) + x.shape[2:]
+        a = torch.cat([a, a.new_ones(pad_shape)], dim=1)
+        x = torch.cat([x, x.new_zeros(pad_shape)], dim=1)
+    chunked = (x.shape[0], x.shape[1] // SCAN_CHUNK, SCAN_CHUNK) + x.shape[2:]
+    h, decay_from_edge = x.view(chunked), a.view(chunked)  # (B, L/c, c, ...)
+    order = list(range(SCAN_CHUNK - 1, -1, -1) if reverse else range(SCAN_CHUNK))
+    for previous, j in zip(order, order[1:]):  # fixed count, independent of L
+        h[:, :, j].addcmul_(decay_from_edge[:, :, j], h[:, :, previous])
+        decay_from_edge[:, :, j].mul_(decay_from_edge[:, :, previous])
+    # true state at each chunk's far edge, then carried into the next chunk: (B, L/c, ...)
+    edge = linear_scan_(decay_from_edge[:, :, order[-1]].clone(), h[:, :, order[-1]].clone(), reverse)
+    h.addcmul_(decay_from_edge, _shift(edge, reverse)[:, :, None])
+    return x[:, :length]
+
+
+def _shift(x, reverse=False):
+    """x[t-1] along dim 1, zero at t = 0 (reverse: x[t+1], zero at the end)."""
+    zero = torch.zeros_like(x[:, :1])
+    return torch.cat([x[:, 1:], zero], dim=1) if reverse else torch.cat([zero, x[:, :-1]], dim=1)
+
+
+class _SelectiveScanFn(torch.autograd.Function):
+    """Saves only the inputs and recomputes the (B, L, G, N, E) states in backward, as the CUDA
+    kernel does; works in place on a few such buffers. The internal layout puts E innermost, so
+    every broadcast runs over contiguous memory and the sums over N and E are batched matmuls.
+    The backward is the adjoint recurrence run in reverse:
+        g_h[t] = exp(delta[t+1] A) g_h[t+1] + Cm[t] g_y[t]
+    """
+
+    @staticmethod
+    def _decay_and_states(u, delta, A_ne, Bm):
+        decay = torch.exp_(delta[:, :, :, None, :] * A_ne)  # (B, L, G, N, E), in [0, 1]
+        x = (delta * u)[:, :, :, None, :] * Bm[..., None]  # (B, L, G, N, E)
+        return decay, linear_scan_(decay.clone(), x)
+
+    @staticmethod
+    def forward(ctx, u, delta, A, Bm, Cm, D):
+        with torch.autocast(device_type=u.device.type, enabled=False):
+            u, delta, A, Bm, Cm, D = (t.float() for t in (u, delta, A, Bm, Cm, D))
+            _, h = _SelectiveScanFn._decay_and_states(u, delta, A.transpose(-1, -2), Bm)
+            y = torch.matmul(Cm[..., None, :], h).squeeze(-2) + u * D  # sum over N
+        ctx.save_for_backward(u, delta, A, Bm, Cm, D)
+        return y
+
+    @staticmethod
+    def backward(ctx, g_y):
+        u, delta, A, Bm, Cm, D = ctx.saved_tensors
+        with torch.autocast(device_type=u.device.type, enabled=False):
+            g_y = g_y.float()
+            A_ne = A.transpose(-1, -2)  # (G, N, E)
+            decay, h = _SelectiveScanFn._decay_and_states(u, delta, A_ne, Bm)
+            g_h = linear_scan_(_shift(decay, reverse=True), Cm[..., None] * g_y[:, :, :, None, :], reverse=True)
+            g_Cm = torch.matmul(h, g_y[..., None]).squeeze(-1)  # sum over E
+            g_x_dot_B = torch.matmul(Bm[..., None, :], g_h).squeeze(-2)  # dL/d(delta * u): (B, L, G, E)
+            g_Bm = torch.matmul(g_h, (delta * u)[..., None]).squeeze(-1)
+            # d/d(log decay) at t = g_h[t] * decay[t] * h[t-1]; zero at t = 0, where h[-1] = 0
+            g_log_decay = g_h
+            g_log_decay[:, 1:].mul_(decay[:, 1:]).mul_(h[:, :-1])
+            g_log_decay[:, 0] = 0.0
+            g_delta = torch.mul(g_log_decay, A_ne, out=decay).sum(3) + g_x_dot_B * u
+            g_A = g_log_decay.mul_(delta[:, :, :, None, :]).sum((0, 1)).transpose(-1, -2)
+            g_u = g_x_dot_B * delta + g_y * D
+            g_D = (g_y * u).sum((0, 1))
+        return g_u, g_delta, g_A, g_Bm, g_Cm, g_D
+
+
+# On a CPU the scan runs over blocks of the batch whose (B, L, G, N, E) buffers stay around 4 MB:
+# they stay in cache, and glibc serves them from its heap instead of fresh page-faulted mmaps.
+CPU_SCAN_BLOCK_ELEMENTS = 2 ** 20
+
+
+def selective_scan(u, delta, A, Bm, Cm, D):
+    """Fast path: same contract as selective_scan_ref, parallel over L, fp32 even under autocast."""
+    batch, length, groups, inner = u.shape
+    block = batch
+    if u.device.type == "cpu":
+        block = max(1, CPU_SCAN_BLOCK_ELEMENTS // (length * groups * inner * A.shape[-1]))
+    if block >= batch:
+        return _SelectiveScanFn.apply(u, delta, A, Bm, Cm, D)
+    return torch.cat([_SelectiveScanFn.apply(u_, delta_, A, Bm_, Cm_, D) for u_, delta_, Bm_, Cm_ in
+                      zip(u.split(block), delta.split(block), Bm.split(block), Cm.split(block))])
+
+
+# ------------------------------------------------------------------------------------------
+# Layers
+
+
+class PatchEmbed(nn.Module):
+    """Image (B, C, H, W) -> tokens (B, L, D). 'conv' stem: a 3x3 conv (D/2 channels, BN, GELU)
+    before the patchifying conv, which gives the tokens local edges to work with on small images."""
+
+    def __init__(self, img_size, patch_size, in_chans, embed_dim, stem):
+        super().__init__()
+        if img_size % patch_size:
+            raise ValueError(f"img_size {img_size} is not divisible by patch_size {patch_size}")
+        self.num_patches = (img_size // patch_size) ** 2
+        if stem == "conv":
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_chans, embed_dim // 2, 3, padding=1, bias=False),
+                nn.BatchNorm2d(embed_dim // 2),
+                nn.GELU(),
+            )
+            patch_in = embed_dim // 2
+        elif stem == "patch":
+            self.stem = nn.Identity()
+            patch_in = in_chans
+        else:
+            raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
+        self.proj = nn.Conv2d(patch_in, embed_dim, patch_size, stride=patch_size)
+
+    def forward(self, x):
+        x = self.proj(self.stem(x))  # (B, D, H/p, W/p)
+        return x.flatten(2).transpose(1, 2)  # (B, L, D)
+
+
+class BidirectionalSSM(nn.Module):
+    """Mamba selective SSM layer scanning the tokens in both directions (as Vim does).
+
+    Both directions share in_proj and out_proj; each has its own conv, x/dt projections, A, D
+    and dt bias, stored stacked along G so the two scans run as one. The directions are
+    averaged, not summed: summing is what made Vim's published training go NaN.
+    """
+
+    def __init__(self, dim, d_state, d_conv, expand):
+        super().__init__()
+        self.inner = expand * dim
+        self.d_state = d_state
+        self.dt_rank = math.ceil(dim / 16)
+        directions, inner = 2, self.inner
+        self.in_proj = nn.Linear(dim, 2 * inner)
+        self.conv = nn.Conv1d(directions * inner, directions * inner, d_conv, groups=directions * inner, padding=d_conv - 1)
+        self.x_proj = nn.Parameter(torch.empty(directions, inner, self.dt_rank + 2 * d_state))
+        self.dt_proj = nn.Parameter(torch.empty(directions, self.dt_rank, inner))
+        self.dt_bias = nn.Parameter(torch.empty(directions, inner))
+        self.A_log = nn.Parameter(torch.empty(directions, inner, d_state))
+        self.D = nn.Parameter(torch.empty(directions, inner))
+        self.out_proj = nn.Linear(inner, dim)
+        self.scan = selective_scan
+
+    def forward(self, x):
+        length = x.shape[1]
+        u, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, E) each
+        u = torch.stack([u, u.flip(1)], dim=2)  # (B, L, G=2, E): direction 1 reads the tokens backwards
+        u = self.conv(u.flatten(2).transpose(1, 2))[..., :length]  # causal depthwise conv over L: (B, G*E, L)
+        u = F.silu(u.transpose(1, 2).unflatten(2, (2, self.inner)))  # (B, L, G, E)
+        proj = torch.einsum("blge,gef->blgf", u, self.x_proj.to(u.dtype))  # (B, L, G, R + 2N)
+        dt_low, Bm, Cm = proj.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.softplus(torch.einsum("blgr,gre->blge", dt_low, self.dt_proj.to(dt_low.dtype)).float() + self.dt_bias)
+        A = -torch.exp(self.A_log.float()).clamp(min=1e-4)  # bounded away from 0: no unbounded accumulator
+        y = self.scan(u, delta, A, Bm, Cm, self.D.float())  # (B, L, G, E), fp32
+        y = 0.5 * (y[:, :, 0] + y[:, :, 1].flip(1))  # (B, L, E): back to token order, averaged
+        return self.out_proj(y.to(z.dtype) * F.silu(z))
+
+
+class Attention(nn.Module):
+    def __init__(self, dim, num_heads):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        batch, length, dim = x.shape
+        qkv = self.qkv(x).reshape(batch, length, 3, self.num_heads, dim // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, L, head_dim) each
+        x = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(batch, length, dim))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim, hidden, dropout):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x):
+        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop a whole residual branch per sample while training."""
+
+    def __init__(self, prob):
+        super().__init__()
+        self.prob = prob
+
+    def forward(self, x):
+        if self.prob == 0.0 or not self.training:
+            return x
+        keep = x.new_empty(x.shape[0], *([1] * (x.ndim - 1))).bernoulli_(1 - self.prob)
+        return x * keep / (1 - self.prob)
+
+
+class Block(nn.Module):
+    """Pre-norm block: token mixer (SSM, attention, or both through a learnable gate), then MLP.
+
+    Hybrid gate: mix = g * ssm + (1 - g) * attn with g = sigmoid(gate) per channel; gate starts
+    at 0, so both branches contribute half at init.
+    """
+
+    def __init__(self, dim, block_type, num_heads, d_state, d_conv, expand, mlp_ratio, drop_path, dropout):
+        super().__init__()
+        self.block_type = block_type
+        self.norm1 = nn.LayerNorm(dim)
+        self.ssm = BidirectionalSSM(dim, d_state, d_conv, expand) if block_type in ("hybrid", "ssm") else None
+        self.attn = Attention(dim, num_heads) if block_type in ("hybrid", "attention") else None
+        self.gate = nn.Parameter(torch.zeros(dim)) if block_type == "hybrid" else None
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout)
+        self.drop_path = DropPath(drop_path)
+
+    def mix(self, x):
+        if self.block_type == "ssm":
+            return self.ssm(x)
+        if self.block_type == "attention":
+            return self.attn(x)
+        g = torch.sigmoid(self.gate).to(x.dtype)
+        return g * self.ssm(x) + (1 - g) * self.attn(x)
+
+    def forward(self, x):
+        x = x + self.drop_path(self.mix(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def parse_block_pattern(block_type, depth):
+    """'hybrid' -> every layer hybrid; 'ssm,attention' -> that pattern repeated to `depth` layers."""
+    pattern = [name.strip() for name in str(block_type).split(",")]
+    unknown = [name for name in pattern if name not in BLOCK_TYPES]
+    if unknown or not pattern:
+        raise ValueError(f"block_type {block_type!r}: each entry must be one of {BLOCK_TYPES}")
+    if depth % len(pattern):
+        raise ValueError(f"block_type pattern {block_type!r} has {len(pattern)} entries, which does not divide depth {depth}")
+    return pattern * (depth // len(pattern))
+
+
+class VisionMamba(nn.Module):
+    def __init__(self, num_classes=10, img_size=32, in_chans=3, patch_size=4, embed_dim=192, depth=12,
+                 num_heads=3, d_state=16, d_conv=4, expand=1, mlp_ratio=4.0, block_type="hybrid",
+                 stem="conv", drop_path=0.1, dropout=0.0):
+        super().__init__()
+        self.num_classes = num_classes
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, stem)
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches, embed_dim))
+        drop_rates = torch.linspace(0, drop_path, depth).tolist()  # deeper layers dropped more often
+        self.blocks = nn.ModuleList(
+            Block(embed_dim, kind, num_heads, d_state, d_conv, expand, mlp_ratio, rate, dropout)
+            for kind, rate in zip(parse_block_pattern(block_type, depth), drop_rates)
+        )
+        self.norm = nn.LayerNorm(embed_dim)
+        self.head = nn.Linear(embed_dim, num_classes)
+        init_weights(self)
+
+    def forward_features(self, x):
+        x = self.patch_embed(x) + self.pos_embed  # (B, L, D)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x).mean(dim=1)  # mean pooling over tokens: (B, D)
+
+    def forward(self, x):
+        return self.head(self.forward_features(x))
+
+    def no_weight_decay(self):
+        """Names of parameters that get no weight decay: norms, biases, SSM dynamics, position embedding, gates."""
+        ssm_dynamics = ("A_log", "D", "dt_bias")
+        return {name for name, p in self.named_parameters()
+                if p.ndim <= 1 or name.endswith(("pos_embed",) + tuple("." + s for s in ssm_dynamics))}
+
+    def param_groups(self, weight_decay):
+        skip = self.no_weight_decay()
+        params = dict(self.named_parameters())
+        return [
+            {"params": [p for n, p in params.items() if n not in skip], "weight_decay": weight_decay},
+            {"params": [p for n, p in params.items() if n in skip], "weight_decay": 0.0},
+        ]
+
+
+@torch.no_grad()
+def init_weights(model):
+    """Every initialisation in the model, in one place."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            nn.init.trunc_normal_(module.weight, std=0.02)  # ViT/DeiT practice
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, BidirectionalSSM):
+            _, inner, d_state = module.A_log.shape
+            # S4D-real init: A = -(1..N) per channel, kept as log so A stays negative
+            module.A_log.copy_(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).expand_as(module.A_log))
+            module.D.fill_(1.0)  # skip connection starts as identity
+            nn.init.trunc_normal_(module.x_proj, std=0.02)
+            # Mamba's dt init: dt_proj ~ U(+-R^-0.5); dt = softplus(dt_bias) log-uniform in [1e-3, 1e-1]
+            bound = module.dt_rank ** -0.5
+            nn.init.uniform_(module.dt_proj, -bound, bound)
+            dt = torch.exp(torch.empty_like(module.dt_bias).uniform_(math.log(1e-3), math.log(1e-1)))
+            module.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+    nn.init.trunc_normal_(model.pos_embed, std=0.02)
+    nn.init.zeros_(model.head.weight)  # uniform predictions at step 0
+
+
+def model_kwargs(model_size, **overrides):
+    """The size table's entry for model_size with any field overridden (None means: keep)."""
+    if model_size not in MODEL_SIZES:
+        raise ValueError(f"model_size {model_size!r} is not one of {tuple(MODEL_SIZES)}")
+    size = MODEL_SIZES[model_size]
+    kwargs = {k: getattr(size, k) for k in ("embed_dim", "depth", "num_heads", "d_state", "d_conv", "expand", "mlp_ratio")}
+    kwargs.update({k: v for k, v in overrides.items() if v is not None})
+    return kwargs
+
+
+def create_model(model_size="tiny", num_classes=10, img_size=32, in_chans=3, **overrides):
+    """Build a VisionMamba of a named size; overrides change any constructor argument."""
+    return VisionMamba(num_classes=num_classes, img_size=img_size, in_chans=in_chans, **model_kwargs(model_size, **overrides))
+
+
+def count_parameters(model):
+    return sum(p.numel() for p in model.parameters())
