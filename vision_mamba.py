@@ -90,14 +90,15 @@ def linear_scan_(a, x, reverse=False):
     length = x.shape[1]
     if length == 1:
         return x
-    pad = (-length) % SCAN_CHUNK
+    chunk = min(SCAN_CHUNK, length)
+    pad = (-length) % chunk
     if pad:  # decay 1 and input 0 leave the padded tail harmless in both directions
         pad_shape = (x.shape[0], pad) + x.shape[2:]
         a = torch.cat([a, a.new_ones(pad_shape)], dim=1)
         x = torch.cat([x, x.new_zeros(pad_shape)], dim=1)
-    chunked = (x.shape[0], x.shape[1] // SCAN_CHUNK, SCAN_CHUNK) + x.shape[2:]
+    chunked = (x.shape[0], x.shape[1] // chunk, chunk) + x.shape[2:]
     h, decay_from_edge = x.view(chunked), a.view(chunked)  # (B, L/c, c, ...)
-    order = list(range(SCAN_CHUNK - 1, -1, -1) if reverse else range(SCAN_CHUNK))
+    order = list(range(chunk - 1, -1, -1) if reverse else range(chunk))
     for previous, j in zip(order, order[1:]):  # fixed count, independent of L
         h[:, :, j].addcmul_(decay_from_edge[:, :, j], h[:, :, previous])
         decay_from_edge[:, :, j].mul_(decay_from_edge[:, :, previous])
@@ -116,7 +117,7 @@ def _shift(x, reverse=False):
 class _SelectiveScanFn(torch.autograd.Function):
     """Saves only the inputs and recomputes the (B, L, G, N, E) states in backward, as the CUDA
     kernel does; works in place on a few such buffers. The internal layout puts E innermost, so
-    every broadcast runs over contiguous memory and the sums over N and E are batched matmuls.
+    every broadcast runs over contiguous memory.
     The backward is the adjoint recurrence run in reverse:
         g_h[t] = exp(delta[t+1] A) g_h[t+1] + Cm[t] g_y[t]
     """
@@ -132,7 +133,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         with torch.autocast(device_type=u.device.type, enabled=False):
             u, delta, A, Bm, Cm, D = (t.float() for t in (u, delta, A, Bm, Cm, D))
             _, h = _SelectiveScanFn._decay_and_states(u, delta, A.transpose(-1, -2), Bm)
-            y = torch.matmul(Cm[..., None, :], h).squeeze(-2) + u * D  # sum over N
+            y = (h * Cm[..., None]).sum(3) + u * D
         ctx.save_for_backward(u, delta, A, Bm, Cm, D)
         return y
 
@@ -144,9 +145,9 @@ class _SelectiveScanFn(torch.autograd.Function):
             A_ne = A.transpose(-1, -2)  # (G, N, E)
             decay, h = _SelectiveScanFn._decay_and_states(u, delta, A_ne, Bm)
             g_h = linear_scan_(_shift(decay, reverse=True), Cm[..., None] * g_y[:, :, :, None, :], reverse=True)
-            g_Cm = torch.matmul(h, g_y[..., None]).squeeze(-1)  # sum over E
-            g_x_dot_B = torch.matmul(Bm[..., None, :], g_h).squeeze(-2)  # dL/d(delta * u): (B, L, G, E)
-            g_Bm = torch.matmul(g_h, (delta * u)[..., None]).squeeze(-1)
+            g_Cm = (h * g_y[:, :, :, None, :]).sum(-1)
+            g_x_dot_B = (g_h * Bm[..., None]).sum(3)  # dL/d(delta * u): (B, L, G, E)
+            g_Bm = (g_h * (delta * u)[:, :, :, None, :]).sum(-1)
             # d/d(log decay) at t = g_h[t] * decay[t] * h[t-1]; zero at t = 0, where h[-1] = 0
             g_log_decay = g_h
             g_log_decay[:, 1:].mul_(decay[:, 1:]).mul_(h[:, :-1])

@@ -1,0 +1,124 @@
+"""Checkpoint files: atomic writes, safe reads, and rebuilding a model from one.
+
+A checkpoint is one plain dict of tensors and primitives, readable with
+torch.load(weights_only=True); a file that would need arbitrary code to unpickle is refused.
+"""
+import glob
+import os
+import pickle
+import re
+import zipfile
+
+import torch
+
+from config import ConfigError, config_from_dict
+from vision_mamba import VisionMamba, model_kwargs
+
+FORMAT = "vision-mamba-checkpoint/1"
+
+
+class CheckpointError(RuntimeError):
+    """An unreadable, unsafe or incompatible checkpoint, worded for the user (one line)."""
+
+
+def atomic_write(path, write):
+    """write(file_object) into a temporary file beside path, fsync, then rename over path:
+    a crash at any moment leaves either the old file or the new one, never a torn one."""
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def save_checkpoint(state, path):
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """Read a checkpoint with weights_only=True; every failure is a CheckpointError."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        code_line = next((line for line in lines if "GLOBAL" in line), None)
+        if code_line:
+            raise CheckpointError(f"checkpoint {path} refused: loading it would run code ({code_line[:160]}); "
+                                  "only plain-tensor checkpoints are accepted") from None
+        detail = next((line for line in lines[1:] if "documentation" not in line and "file an issue" not in line), "unpickling failed")
+        raise CheckpointError(f"checkpoint {path} is corrupt ({detail[:160]}); use another checkpoint") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, UnicodeDecodeError, AttributeError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({first[:160]}); use another checkpoint") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT or not isinstance(state.get("model"), dict):
+        raise CheckpointError(f"{path} is not a Vision Mamba checkpoint of this toolkit (no '{FORMAT}' format tag)")
+    return state
+
+
+def checkpoint_config(state, path="checkpoint"):
+    try:
+        return config_from_dict(state["config"])
+    except (ConfigError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path} holds an unusable config: {e}") from None
+
+
+def build_model(state, path="checkpoint", weights=None):
+    """Rebuild the model from the config stored in the checkpoint and load its weights.
+
+    weights: "model" (training weights), "ema", or None for what the run evaluated with."""
+    config = checkpoint_config(state, path)
+    shape = state.get("model_shape", {})
+    m = config.model
+    try:
+        model = VisionMamba(num_classes=shape["num_classes"], img_size=shape["img_size"], in_chans=shape["in_chans"],
+                            patch_size=m.patch_size, block_type=m.block_type, stem=m.stem, drop_path=m.drop_path,
+                            dropout=m.dropout, **model_kwargs(m.model_size, embed_dim=m.embed_dim, depth=m.depth,
+                                                              num_heads=m.num_heads, d_state=m.d_state, d_conv=m.d_conv,
+                                                              expand=m.expand, mlp_ratio=m.mlp_ratio))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot rebuild the model from its stored config ({e})") from None
+    key = weights or state.get("eval_weights", "model")
+    weights_dict = state.get(key) or state["model"]
+    try:
+        model.load_state_dict(weights_dict)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())[:200]
+        raise CheckpointError(f"{path}: weights do not fit the architecture in its config ({detail})") from None
+    return model, config
+
+
+def _epoch_number(path):
+    match = re.search(r"checkpoint_epoch_(\d+)\.pth$", path)
+    return int(match.group(1)) if match else -1
+
+
+def find_latest_checkpoint(checkpoint_dir, warn=print):
+    """The newest checkpoint in checkpoint_dir that loads and has training state, or None.
+    Damaged files are skipped with a warning."""
+    candidates = glob.glob(os.path.join(checkpoint_dir, "*.pth"))
+    best, best_key = None, None
+    for path in candidates:
+        try:
+            state = load_checkpoint(path)
+        except CheckpointError as e:
+            warn(f"warning: skipping {e}")
+            continue
+        if "optimizer" not in state:
+            continue
+        key = (state.get("epoch", -1), state.get("step_in_epoch", 0), os.path.getmtime(path))
+        if best_key is None or key > best_key:
+            best, best_key = path, key
+    return best

@@ -1,0 +1,343 @@
+"""Experiment configuration: four dataclass sections (model, data, training, logging), presets,
+JSON round-trip and validation.
+
+Every hyperparameter is defined once, here, with its default; presets only list what differs.
+`ConfigError` carries a one-line message naming the key and the allowed values.
+"""
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Optional
+
+from vision_mamba import BLOCK_TYPES, MODEL_SIZES, STEMS, parse_block_pattern
+
+DATASETS = ("digits", "cifar10", "cifar100", "fashion_mnist", "mnist", "svhn", "imagefolder")
+SCHEDULERS = ("cosine", "step", "plateau", "constant")
+AUTO_AUGMENTS = ("none", "randaugment", "trivialaugment")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+DEVICES = ("auto", "cpu", "cuda")
+SWITCHES = ("auto", "on", "off")
+MONITORS = ("val_acc", "val_loss")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, worded for the user (one line)."""
+
+
+@dataclass
+class ModelConfig:
+    model_size: str = "tiny"
+    block_type: str = "hybrid"  # hybrid | ssm | attention, or a comma-separated per-layer pattern
+    patch_size: int = 4
+    stem: str = "conv"
+    # None: take the value from the size table (vision_mamba.MODEL_SIZES)
+    embed_dim: Optional[int] = None
+    depth: Optional[int] = None
+    num_heads: Optional[int] = None
+    d_state: Optional[int] = None
+    d_conv: Optional[int] = None
+    expand: Optional[int] = None
+    mlp_ratio: Optional[float] = None
+    drop_path: float = 0.1
+    dropout: float = 0.0
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "digits"
+    data_dir: str = "./data"
+    img_size: Optional[int] = None  # None: the dataset's native size (ImageFolder: 32); other sizes are resized
+    download: bool = True
+    val_fraction: float = 0.1  # carved from the training set, stratified, seeded
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    num_workers: int = 2
+    gpu_resident: str = "auto"  # keep the dataset on the device as uint8; auto: on CUDA for built-in datasets
+    crop_padding: int = 4  # random crop with this much (reflect) padding; 0 disables
+    hflip: Optional[bool] = None  # None: the dataset's default (off for digits, MNIST, SVHN)
+    auto_augment: str = "none"
+    randaugment_magnitude: int = 9
+    random_erasing: float = 0.0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mix_off_epochs: int = 0  # switch MixUp/CutMix off for the last N epochs
+
+
+@dataclass
+class TrainingConfig:
+    epochs: int = 30
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 0.05
+    betas: tuple = (0.9, 0.999)
+    warmup_epochs: float = 2.0
+    scheduler: str = "cosine"
+    step_epochs: int = 30  # step scheduler: multiply lr by step_gamma every step_epochs
+    step_gamma: float = 0.1
+    plateau_patience: int = 3
+    plateau_factor: float = 0.5
+    grad_clip: float = 1.0  # max gradient norm; 0 disables
+    label_smoothing: float = 0.1
+    amp: str = "auto"  # auto: bf16 on CUDA, off on CPU
+    compile: str = "auto"  # auto: on for CUDA
+    ema: bool = False
+    ema_decay: float = 0.999
+    early_stopping_patience: int = 0  # epochs without improvement before stopping; 0 disables
+    early_stopping_min_delta: float = 0.0
+    monitor: str = "val_acc"
+    seed: int = 42
+    device: str = "auto"
+    deterministic: bool = False
+    tta: bool = False  # average logits of image and mirror at test time
+    lr_scaling: str = "none"  # multi-GPU: "linear" multiplies lr by the number of processes
+
+
+@dataclass
+class LoggingConfig:
+    output_dir: str = "."
+    experiment_name: Optional[str] = None  # None: vision_mamba_<dataset>
+    save_every: int = 5  # checkpoint_epoch_N.pth every N epochs; 0 disables
+    keep_last: int = 3  # how many checkpoint_epoch_N.pth to keep
+    tensorboard: bool = True
+    progress_bar: bool = True
+    log_interval: int = 50  # steps between host reads of the running loss
+
+
+@dataclass
+class ExperimentConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    @property
+    def experiment_name(self):
+        return self.logging.experiment_name or f"vision_mamba_{self.data.dataset}"
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def save(self, path):
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=2)
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "training": TrainingConfig, "logging": LoggingConfig}
+
+# Presets list only what differs from the defaults above. The cifar10, cifar100 and
+# fashion_mnist presets are the recipes measured in docs/RESULTS.md.
+PRESETS = {
+    "digits": {
+        "model": {"patch_size": 2, "embed_dim": 64, "depth": 3, "num_heads": 2, "d_state": 8, "drop_path": 0.1},
+        "data": {"dataset": "digits", "batch_size": 32, "crop_padding": 1, "val_fraction": 0.15},
+        "training": {"epochs": 14, "lr": 3e-3, "warmup_epochs": 1.0, "weight_decay": 0.05, "label_smoothing": 0.1},
+        "logging": {"save_every": 5},
+    },
+    "cifar10": {
+        "model": {"model_size": "tiny", "patch_size": 4, "drop_path": 0.1},
+        "data": {"dataset": "cifar10", "batch_size": 512, "crop_padding": 4, "val_fraction": 0.1},
+        "training": {"epochs": 60, "lr": 2e-3, "warmup_epochs": 3.0, "weight_decay": 0.05, "label_smoothing": 0.1,
+                     "ema": True, "ema_decay": 0.999, "tta": True},
+    },
+    "cifar100": {
+        "model": {"model_size": "tiny", "patch_size": 4, "drop_path": 0.1},
+        "data": {"dataset": "cifar100", "batch_size": 512, "crop_padding": 4, "val_fraction": 0.1},
+        "training": {"epochs": 60, "lr": 2e-3, "warmup_epochs": 3.0, "weight_decay": 0.05, "label_smoothing": 0.1,
+                     "ema": True, "ema_decay": 0.999, "tta": True},
+    },
+    "fashion_mnist": {
+        "model": {"model_size": "tiny", "patch_size": 4, "drop_path": 0.1},
+        "data": {"dataset": "fashion_mnist", "batch_size": 512, "crop_padding": 2, "random_erasing": 0.25},
+        "training": {"epochs": 40, "lr": 2e-3, "warmup_epochs": 2.0, "label_smoothing": 0.1, "ema": True, "tta": True},
+    },
+    "mnist": {
+        "model": {"model_size": "tiny", "patch_size": 4},
+        "data": {"dataset": "mnist", "batch_size": 256, "crop_padding": 2},
+        "training": {"epochs": 10},
+    },
+    "svhn": {
+        "model": {"model_size": "tiny", "patch_size": 4},
+        "data": {"dataset": "svhn", "batch_size": 256, "crop_padding": 4},
+        "training": {"epochs": 30},
+    },
+    "imagefolder": {
+        "model": {"model_size": "tiny", "patch_size": 4},
+        "data": {"dataset": "imagefolder", "data_dir": "./data/my_images", "batch_size": 128},
+        "training": {"epochs": 30},
+    },
+}
+
+
+def _check_type(key, value, annotation):
+    """Return value converted to the annotated type, or raise ConfigError."""
+    optional = typing.get_origin(annotation) is typing.Union and type(None) in typing.get_args(annotation)
+    if optional:
+        if value is None:
+            return None
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    elif annotation is tuple:
+        if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            return tuple(float(v) for v in value)
+    expected = annotation.__name__ + (" or null" if optional else "")
+    raise ConfigError(f"{key}: expected {expected}, got {type(value).__name__} {value!r}")
+
+
+def _section_from_dict(name, values):
+    cls = SECTIONS[name]
+    if not isinstance(values, dict):
+        raise ConfigError(f"{name}: expected a JSON object of settings, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in values:
+        if key not in fields:
+            raise ConfigError(f"unknown setting {name}.{key}; {name} settings are: {', '.join(fields)}")
+    return cls(**{key: _check_type(f"{name}.{key}", value, hints[key]) for key, value in values.items()})
+
+
+def config_from_dict(values):
+    """Build and validate an ExperimentConfig from a (possibly partial) nested dict."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"a config must be a JSON object with sections {', '.join(SECTIONS)}")
+    unknown = [k for k in values if k not in SECTIONS]
+    if unknown:
+        raise ConfigError(f"unknown config section {unknown[0]!r}; sections are: {', '.join(SECTIONS)}")
+    config = ExperimentConfig(**{name: _section_from_dict(name, values.get(name, {})) for name in SECTIONS})
+    validate(config)
+    return config
+
+
+def merge(base, override):
+    """Nested dict merge: override's values win."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for section, values in override.items():
+        if isinstance(values, dict) and isinstance(out.get(section), dict):
+            out[section].update(values)
+        else:
+            out[section] = values
+    return out
+
+
+def get_preset(name):
+    if name not in PRESETS:
+        raise ConfigError(f"unknown config {name!r}; presets are: {', '.join(PRESETS)} (or give a .json file)")
+    return config_from_dict(PRESETS[name])
+
+
+def load_config(name_or_path):
+    """A preset name, or a JSON file (a full config or a partial one on top of the defaults)."""
+    if not str(name_or_path).endswith(".json"):
+        return get_preset(name_or_path)
+    try:
+        with open(name_or_path) as f:
+            values = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {name_or_path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"config file {name_or_path} is not readable JSON ({e})") from None
+    return config_from_dict(values)
+
+
+def parse_value(text):
+    """A --set value: JSON if it parses (numbers, true/false, null, lists), else the plain string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(config, overrides):
+    """overrides: {'section.key': value}. Returns a new validated config."""
+    values = config.to_dict()
+    for dotted, value in overrides.items():
+        section, _, key = dotted.partition(".")
+        if section not in SECTIONS or not key:
+            raise ConfigError(f"--set {dotted}: use section.key=value with a section among {', '.join(SECTIONS)}")
+        values[section][key] = value
+    return config_from_dict(values)
+
+
+def _require(condition, message):
+    if not condition:
+        raise ConfigError(message)
+
+
+def _one_of(key, value, allowed):
+    _require(value in allowed, f"{key}: {value!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
+
+
+def validate(config):
+    m, d, t, log = config.model, config.data, config.training, config.logging
+    _one_of("model.model_size", m.model_size, tuple(MODEL_SIZES))
+    _one_of("model.stem", m.stem, STEMS)
+    try:
+        depth = m.depth if m.depth is not None else MODEL_SIZES[m.model_size].depth
+        parse_block_pattern(m.block_type, depth)
+    except ValueError as e:
+        raise ConfigError(f"model.block_type: {e} (allowed: {', '.join(BLOCK_TYPES)})") from None
+    for key in ("patch_size", "embed_dim", "depth", "num_heads", "d_state", "d_conv", "expand"):
+        value = getattr(m, key)
+        _require(value is None or value >= 1, f"model.{key} must be >= 1, got {value}")
+    _require(m.mlp_ratio is None or m.mlp_ratio > 0, f"model.mlp_ratio must be > 0, got {m.mlp_ratio}")
+    dim = m.embed_dim or MODEL_SIZES[m.model_size].embed_dim
+    heads = m.num_heads or MODEL_SIZES[m.model_size].num_heads
+    _require(dim % heads == 0, f"model.embed_dim {dim} must be divisible by model.num_heads {heads}")
+    _require(0 <= m.drop_path < 1, f"model.drop_path must be in [0, 1), got {m.drop_path}")
+    _require(0 <= m.dropout < 1, f"model.dropout must be in [0, 1), got {m.dropout}")
+
+    _one_of("data.dataset", d.dataset, DATASETS)
+    _one_of("data.auto_augment", d.auto_augment, AUTO_AUGMENTS)
+    _one_of("data.gpu_resident", d.gpu_resident, SWITCHES)
+    _require(0 < d.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
+    _require(d.batch_size >= 1, f"data.batch_size must be >= 1, got {d.batch_size}")
+    _require(d.img_size is None or d.img_size >= 1, f"data.img_size must be >= 1, got {d.img_size}")
+    _require(d.eval_batch_size >= 1, f"data.eval_batch_size must be >= 1, got {d.eval_batch_size}")
+    _require(d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}")
+    _require(d.crop_padding >= 0, f"data.crop_padding must be >= 0, got {d.crop_padding}")
+    _require(0 <= d.randaugment_magnitude <= 30, f"data.randaugment_magnitude must be in [0, 30], got {d.randaugment_magnitude}")
+    _require(0 <= d.random_erasing <= 1, f"data.random_erasing must be a probability in [0, 1], got {d.random_erasing}")
+    _require(d.mixup_alpha >= 0 and d.cutmix_alpha >= 0, "data.mixup_alpha and data.cutmix_alpha must be >= 0")
+    _require(d.mix_off_epochs >= 0, f"data.mix_off_epochs must be >= 0, got {d.mix_off_epochs}")
+
+    _require(t.epochs >= 1, f"training.epochs must be >= 1, got {t.epochs}")
+    _require(t.lr > 0, f"training.lr must be > 0, got {t.lr}")
+    _require(0 <= t.min_lr <= t.lr, f"training.min_lr must be in [0, training.lr], got {t.min_lr}")
+    _require(t.weight_decay >= 0, f"training.weight_decay must be >= 0, got {t.weight_decay}")
+    _require(len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), f"training.betas must be two numbers in [0, 1), got {list(t.betas)}")
+    _require(t.warmup_epochs >= 0, f"training.warmup_epochs must be >= 0, got {t.warmup_epochs}")
+    _one_of("training.scheduler", t.scheduler, SCHEDULERS)
+    _require(t.step_epochs >= 1, f"training.step_epochs must be >= 1, got {t.step_epochs}")
+    _require(0 < t.step_gamma <= 1, f"training.step_gamma must be in (0, 1], got {t.step_gamma}")
+    _require(t.plateau_patience >= 0, f"training.plateau_patience must be >= 0, got {t.plateau_patience}")
+    _require(0 < t.plateau_factor < 1, f"training.plateau_factor must be in (0, 1), got {t.plateau_factor}")
+    _require(t.grad_clip >= 0, f"training.grad_clip must be >= 0, got {t.grad_clip}")
+    _require(0 <= t.label_smoothing < 1, f"training.label_smoothing must be in [0, 1), got {t.label_smoothing}")
+    _one_of("training.amp", t.amp, AMP_MODES)
+    _one_of("training.compile", t.compile, SWITCHES)
+    _require(0 < t.ema_decay < 1, f"training.ema_decay must be in (0, 1), got {t.ema_decay}")
+    _require(t.early_stopping_patience >= 0, f"training.early_stopping_patience must be >= 0, got {t.early_stopping_patience}")
+    _require(t.early_stopping_min_delta >= 0, f"training.early_stopping_min_delta must be >= 0, got {t.early_stopping_min_delta}")
+    _one_of("training.monitor", t.monitor, MONITORS)
+    _require(0 <= t.seed < 2**32, f"training.seed must be in [0, 2**32), got {t.seed}")
+    _one_of("training.device", t.device, DEVICES)
+    _one_of("training.lr_scaling", t.lr_scaling, ("none", "linear"))
+
+    _require(log.save_every >= 0, f"logging.save_every must be >= 0, got {log.save_every}")
+    _require(log.keep_last >= 1, f"logging.keep_last must be >= 1, got {log.keep_last}")
+    _require(log.log_interval >= 1, f"logging.log_interval must be >= 1, got {log.log_interval}")
+    name = config.experiment_name
+    _require(name and "/" not in name and "\\" not in name and name not in (".", ".."),
+             f"logging.experiment_name {name!r} must be a plain folder name (no slashes)")
+    return config

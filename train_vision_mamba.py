@@ -1,0 +1,686 @@
+"""Train a Vision Mamba image classifier.
+
+    python train_vision_mamba.py                      # digits preset: offline, CPU, well under a minute
+    python train_vision_mamba.py --config cifar10     # the measured CIFAR-10 recipe (docs/RESULTS.md)
+    python train_vision_mamba.py --config my.json --set training.lr=5e-4 --set data.mixup_alpha=0.8
+    python train_vision_mamba.py --config cifar10 --resume auto
+    torchrun --nproc_per_node 2 train_vision_mamba.py --config cifar10
+
+Outputs under --output_dir: logs/<exp>/ (training_log.json, training_curves.png,
+confusion_matrix.png), checkpoints/<exp>/ (best_model.pth, final_model.pth, last_checkpoint.pth,
+checkpoint_epoch_N.pth), tensorboard/<exp>/.
+Exit codes: 0 done; 1 training diverged (NaN/Inf loss); 2 bad input; 130/143 stopped by
+SIGINT/SIGTERM after saving a resumable checkpoint.
+"""
+import argparse
+import glob
+import math
+import os
+import platform
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.optim import lr_scheduler
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from checkpoints import FORMAT, CheckpointError, checkpoint_config, find_latest_checkpoint, load_checkpoint, save_checkpoint
+from config import ConfigError, apply_overrides, load_config, parse_value
+from data_pipeline import DataError, create_data_loaders, mix_batch
+from reporting import classification_metrics, plot_confusion_matrix, plot_training_curves, write_json
+from vision_mamba import VisionMamba, count_parameters, model_kwargs
+
+TOOLKIT_VERSION = "0.1.0"
+USER_ERRORS = (ConfigError, DataError, CheckpointError)
+
+
+class UsageError(ValueError):
+    """A bad command line or output location, worded for the user (one line)."""
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit 2, instead of argparse's usage dump
+        raise UsageError(f"{message} (see --help)")
+
+
+def parse_args(argv=None):
+    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=None, help="preset name or JSON file (default: digits)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch_size", type=int, help="per-process batch size")
+    p.add_argument("--model_size")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--data_dir")
+    p.add_argument("--device", help="auto, cpu or cuda")
+    p.add_argument("--output_dir", help="root of logs/, checkpoints/ and tensorboard/ (default: .)")
+    p.add_argument("--experiment_name")
+    p.add_argument("--resume", help="a checkpoint path, or 'auto' for the newest valid one of this experiment")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing experiment's outputs")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override any config value")
+    return p.parse_args(argv)
+
+
+def cli_overrides(args):
+    """The config values this command line sets explicitly, as {'section.key': value}."""
+    named = {"epochs": "training.epochs", "batch_size": "data.batch_size", "model_size": "model.model_size",
+             "lr": "training.lr", "data_dir": "data.data_dir", "device": "training.device",
+             "output_dir": "logging.output_dir", "experiment_name": "logging.experiment_name", "seed": "training.seed"}
+    overrides = {key: getattr(args, name) for name, key in named.items() if getattr(args, name) is not None}
+    if args.quiet:
+        overrides["logging.progress_bar"] = False
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise UsageError(f"--set {item!r}: expected section.key=value, e.g. --set training.lr=5e-4")
+        overrides[key.strip()] = parse_value(value)
+    return overrides
+
+
+# ------------------------------------------------------------------------------------------
+# Run set-up: processes, device, output folders
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self):
+        return self.world_size > 1
+
+    @property
+    def main(self):
+        return self.rank == 0
+
+
+def resolve_device(name):
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("training.device is 'cuda' but no CUDA GPU is visible; use --device cpu or auto")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def init_runtime(config):
+    """Single process, or one of torchrun's processes (env:// rendezvous; NCCL on CUDA, gloo on CPU)."""
+    device = resolve_device(config.training.device)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Runtime(device)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Runtime(device, rank, world_size, local_rank)
+
+
+@dataclass
+class Paths:
+    logs: str
+    checkpoints: str
+    tensorboard: str
+
+    def all(self):
+        return (self.logs, self.checkpoints, self.tensorboard)
+
+
+def experiment_paths(config):
+    root, name = config.logging.output_dir, config.experiment_name
+    return Paths(*(os.path.join(root, kind, name) for kind in ("logs", "checkpoints", "tensorboard")))
+
+
+def check_output_writable(root):
+    """Fail before training if root cannot be created or written (nothing is created here)."""
+    probe = os.path.abspath(root)
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        raise UsageError(f"output folder {root} cannot be created: {probe} is not a folder; choose another --output_dir")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise UsageError(f"output folder {root} is not writable ({e.strerror}); choose another --output_dir") from None
+
+
+def check_existing_experiment(paths, resuming, overwrite):
+    existing = [p for p in paths.all() if os.path.isdir(p) and os.listdir(p)]
+    if existing and not (resuming or overwrite):
+        raise UsageError(f"experiment folder {existing[0]} already exists; use --resume auto to continue it, "
+                         "--overwrite to replace it, or --experiment_name for a new one")
+
+
+# ------------------------------------------------------------------------------------------
+# Model, optimisation, schedules
+
+
+def build_model(config, info):
+    m = config.model
+    return VisionMamba(num_classes=info.num_classes, img_size=info.img_size, in_chans=info.in_chans,
+                       patch_size=m.patch_size, block_type=m.block_type, stem=m.stem, drop_path=m.drop_path,
+                       dropout=m.dropout, **model_kwargs(m.model_size, embed_dim=m.embed_dim, depth=m.depth,
+                                                         num_heads=m.num_heads, d_state=m.d_state, d_conv=m.d_conv,
+                                                         expand=m.expand, mlp_ratio=m.mlp_ratio))
+
+
+def effective_lr(config, world_size):
+    """Linear scaling rule (Goyal et al.) when asked: lr grows with the number of processes."""
+    return config.training.lr * (world_size if config.training.lr_scaling == "linear" else 1)
+
+
+def make_schedulers(optimizer, t, steps_per_epoch):
+    """Per-step schedule (linear warm-up, then cosine / step / constant) and, for 'plateau',
+    a ReduceLROnPlateau stepped once per epoch after warm-up."""
+    total = t.epochs * steps_per_epoch
+    warmup = min(int(round(t.warmup_epochs * steps_per_epoch)), max(total - 1, 0))
+    base_lr = optimizer.param_groups[0]["lr"]
+    if t.scheduler == "cosine":
+        main = lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total - warmup, 1), eta_min=min(t.min_lr, base_lr))
+    elif t.scheduler == "step":
+        main = lr_scheduler.StepLR(optimizer, step_size=t.step_epochs * steps_per_epoch, gamma=t.step_gamma)
+    else:  # constant, and plateau's per-step part
+        main = lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    per_step = main
+    if warmup > 0:
+        ramp = lr_scheduler.LinearLR(optimizer, start_factor=1e-3, end_factor=1.0, total_iters=warmup)
+        per_step = lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
+    plateau = None
+    if t.scheduler == "plateau":
+        mode = "max" if t.monitor == "val_acc" else "min"
+        plateau = lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=t.plateau_factor,
+                                                 patience=t.plateau_patience, min_lr=t.min_lr)
+    return per_step, plateau, warmup
+
+
+def amp_dtype(config, device):
+    mode = config.training.amp
+    if mode == "auto":
+        mode = "bf16" if device.type == "cuda" else "off"
+    if mode != "off" and device.type == "cpu" and mode == "fp16":
+        raise ConfigError("training.amp 'fp16' needs a CUDA device; use bf16 or off on CPU")
+    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[mode]
+
+
+class EarlyStopping:
+    def __init__(self, patience, min_delta, mode):
+        self.patience, self.min_delta, self.mode = patience, min_delta, mode
+        self.best, self.bad_epochs = None, 0
+
+    def improved(self, value):
+        if not math.isfinite(value):
+            return False
+        if self.best is None:
+            return True
+        return value > self.best + self.min_delta if self.mode == "max" else value < self.best - self.min_delta
+
+    def update(self, value):
+        """Record an epoch's monitored value; True if it is the best so far."""
+        if self.improved(value):
+            self.best, self.bad_epochs = value, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def should_stop(self):
+        return self.patience > 0 and self.bad_epochs >= self.patience
+
+    def state_dict(self):
+        return {"best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state):
+        self.best, self.bad_epochs = state["best"], state["bad_epochs"]
+
+
+# ------------------------------------------------------------------------------------------
+# Evaluation (shared with evaluate_model.py)
+
+
+@torch.no_grad()
+def predict(model, loader, device, dtype=None, tta=False):
+    """Logits (float32, CPU) and labels over a loader; tta averages each image with its mirror."""
+    model.eval()
+    all_logits, all_labels = [], []
+    for images, labels in loader:
+        images = images.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(images).float()
+            if tta:
+                logits = (logits + model(images.flip(3)).float()) / 2
+        all_logits.append(logits.cpu())
+        all_labels.append(labels.cpu())
+    return torch.cat(all_logits), torch.cat(all_labels)
+
+
+def loss_and_accuracy(logits, labels):
+    return F.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
+
+
+# ------------------------------------------------------------------------------------------
+# Interruption
+
+
+class StopSignals:
+    """First SIGINT/SIGTERM: finish the current step, save, exit 130/143. Second: stop at once."""
+
+    def __init__(self, console):
+        self.signum, self.console = None, console
+        self.previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        self.console(f"\n{signal.Signals(signum).name} received: finishing this step and saving a checkpoint "
+                     "(signal again to stop at once)")
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+# ------------------------------------------------------------------------------------------
+# Training
+
+
+def environment(device, runtime):
+    return {"torch": str(torch.__version__), "python": platform.python_version(), "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            "cuda": torch.version.cuda, "world_size": runtime.world_size, "toolkit": TOOLKIT_VERSION,
+            "hostname": platform.node()}
+
+
+def rng_state(device):
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state, device):
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def train(config, paths, runtime, resume_state=None, console=print):
+    """Train per config; returns the summary dict written to training_log.json."""
+    t, device = config.training, runtime.device
+    started = time.time()
+    torch.manual_seed(t.seed)  # identical initial weights on every rank
+    if t.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    data = create_data_loaders(config, device, runtime.rank, runtime.world_size)
+    eval_data = data if not runtime.distributed else create_data_loaders(config, device, 0, 1)
+    info, dtype = data.info, amp_dtype(config, device)
+    model = build_model(config, info).to(device)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True) if t.ema else None
+    lr = effective_lr(config, runtime.world_size)
+    optimizer = torch.optim.AdamW(model.param_groups(t.weight_decay), lr=lr, betas=t.betas,
+                                  fused=device.type == "cuda")
+    steps_per_epoch = len(data.train)
+    if steps_per_epoch == 0:
+        raise ConfigError(f"data.batch_size {config.data.batch_size} is larger than the training split; lower it")
+    scheduler, plateau, warmup_steps = make_schedulers(optimizer, t, steps_per_epoch)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    stopper = EarlyStopping(t.early_stopping_patience, t.early_stopping_min_delta, "max" if t.monitor == "val_acc" else "min")
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
+    use_compile = t.compile == "on" or (t.compile == "auto" and device.type == "cuda")
+
+    history, start_epoch, start_step, global_step, best_epoch = [], 0, 0, 0, None
+    partial = None  # running sums of an epoch interrupted mid-way
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        if plateau is not None:
+            plateau.load_state_dict(resume_state["plateau"])
+        scaler.load_state_dict(resume_state["scaler"])
+        if ema is not None:
+            ema.load_state_dict(resume_state["ema"])
+        stopper.load_state_dict(resume_state["early_stopping"])
+        history, best_epoch = list(resume_state["history"]), resume_state.get("best_epoch")
+        start_epoch, start_step = resume_state["epoch"], resume_state["step_in_epoch"]
+        global_step, partial = resume_state["global_step"], resume_state.get("partial_epoch")
+        console(f"resumed from epoch {start_epoch + 1}, step {start_step} of {steps_per_epoch}")
+
+    torch.manual_seed(t.seed + runtime.rank)  # per-rank randomness (drop path) after identical init
+    if resume_state is not None:
+        set_rng_state(resume_state["rng"], device)
+
+    train_model = model
+    if runtime.distributed:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if use_compile:
+        train_model = torch.compile(train_model)
+    eval_module = ema.module if ema is not None else model
+    eval_model = torch.compile(eval_module) if use_compile else eval_module
+    tta = t.tta and info.hflip
+
+    summary = {"config": config.to_dict(), "environment": environment(device, runtime),
+               "num_params": count_parameters(model), "steps_per_epoch": steps_per_epoch,
+               "batch_size_per_process": config.data.batch_size,
+               "effective_batch_size": config.data.batch_size * runtime.world_size,
+               "lr_scaling": t.lr_scaling, "effective_lr": lr, "gpu_resident_data": data.resident,
+               "compiled": use_compile, "amp": str(dtype).replace("torch.", "") if dtype else "off", "epochs": history}
+    writer = None
+    if runtime.main and config.logging.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(paths.tensorboard)
+    if runtime.main:
+        console(f"{config.experiment_name}: {summary['num_params'] / 1e6:.2f}M params, {info.num_classes} classes, "
+                f"{steps_per_epoch} steps/epoch, batch {config.data.batch_size} x {runtime.world_size} process(es), "
+                f"device {device}, amp {summary['amp']}, compile {use_compile}, "
+                f"data {'resident on ' + str(device) if data.resident else 'DataLoader'}")
+
+    def checkpoint_state(epoch, step_in_epoch, partial_sums=None):
+        return {"format": FORMAT, "model": model.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None,
+                "ema_model": ema.module.state_dict() if ema is not None else None,
+                "eval_weights": "ema_model" if ema is not None else "model",
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "plateau": plateau.state_dict() if plateau is not None else None, "scaler": scaler.state_dict(),
+                "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
+                "partial_epoch": partial_sums, "best_epoch": best_epoch, "best_metric": stopper.best,
+                "early_stopping": stopper.state_dict(), "rng": rng_state(device), "config": config.to_dict(),
+                "class_names": list(data.class_names), "history": history,
+                "model_shape": {"num_classes": info.num_classes, "img_size": info.img_size, "in_chans": info.in_chans},
+                "versions": {"torch": str(torch.__version__), "toolkit": TOOLKIT_VERSION}}
+
+    def save(name, state):
+        if runtime.main:
+            save_checkpoint(state, os.path.join(paths.checkpoints, name))
+
+    show_bar = config.logging.progress_bar and runtime.main
+    check_every = 1 if device.type == "cpu" else config.logging.log_interval
+    stop_reason, first_step_s = None, None
+    with StopSignals(console) as signals:
+        for epoch in range(start_epoch, t.epochs):
+            data.train.set_epoch(epoch)
+            train_model.train()
+            mixing = (config.data.mixup_alpha > 0 or config.data.cutmix_alpha > 0) and epoch < t.epochs - config.data.mix_off_epochs
+            zero = torch.zeros((), dtype=torch.float64, device=device)
+            sums = {k: (partial[k].to(device) if partial else zero.clone()) for k in ("loss", "correct", "seen")}
+            bad_step = torch.full((), -1, dtype=torch.int64, device=device)
+            epoch_start, partial = time.time(), None
+            bar = tqdm(total=steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False,
+                       disable=None if show_bar else True, dynamic_ncols=True)
+            step = start_step
+            for step, (images, labels) in enumerate(data.train.batches(start_step), start=start_step):
+                step_start = time.time() if first_step_s is None else None
+                images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+                targets = labels
+                if mixing:
+                    images, targets = mix_batch(images, labels, info.num_classes, config.data.mixup_alpha,
+                                                config.data.cutmix_alpha, t.seed + runtime.rank, epoch, step)
+                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                    logits = train_model(images)
+                loss = criterion(logits.float(), targets)
+                scaler.scale(loss).backward()
+                if t.grad_clip > 0:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                if plateau is None or global_step < warmup_steps:
+                    scheduler.step()
+                if ema is not None:
+                    ema.update_parameters(model)
+                global_step += 1
+                n = labels.shape[0]
+                sums["loss"] += loss.detach() * n
+                sums["correct"] += (logits.detach().argmax(1) == labels).sum()
+                sums["seen"] += n
+                bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss.detach()), step, bad_step)
+                if step_start is not None:
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    first_step_s = time.time() - step_start
+                bar.update(1)
+                if (step + 1) % check_every == 0 or step + 1 == steps_per_epoch:
+                    if int(bad_step) >= 0:
+                        raise TrainingDiverged(
+                            f"loss became NaN/Inf at epoch {epoch + 1}, step {int(bad_step) + 1}; usual remedies: lower "
+                            "--lr, raise training.warmup_epochs, keep training.grad_clip > 0, use --set training.amp=bf16 "
+                            "instead of fp16, or resume from an earlier checkpoint")
+                    if show_bar and (step + 1) % config.logging.log_interval == 0:
+                        seen = max(sums["seen"].item(), 1)
+                        bar.set_postfix(loss=f"{sums['loss'].item() / seen:.4f}", acc=f"{sums['correct'].item() / seen:.3f}",
+                                        lr=f"{optimizer.param_groups[0]['lr']:.2e}",
+                                        img_s=f"{seen / max(time.time() - epoch_start, 1e-9):.0f}")
+                if _stop_requested(signals, runtime, step, config.logging.log_interval):
+                    stop_reason = signals.signum or signal.SIGTERM
+                    save("last_checkpoint.pth", checkpoint_state(epoch, step + 1, {k: v.cpu() for k, v in sums.items()}))
+                    break
+            bar.close()
+            if stop_reason is not None:
+                break
+            train_time = time.time() - epoch_start
+            if runtime.distributed:
+                for value in sums.values():
+                    dist.all_reduce(value)
+            seen = sums["seen"].item()
+            row = {"epoch": epoch + 1, "train_loss": sums["loss"].item() / seen, "train_acc": sums["correct"].item() / seen}
+
+            val_metrics = [None]
+            if runtime.main:
+                logits, labels = predict(eval_model, eval_data.val, device, dtype, tta=False)
+                val_metrics = [loss_and_accuracy(logits, labels)]
+            if runtime.distributed:
+                dist.broadcast_object_list(val_metrics, src=0)
+            row["val_loss"], row["val_acc"] = val_metrics[0]
+            row.update({"lr": optimizer.param_groups[0]["lr"], "epoch_time": time.time() - epoch_start,
+                        "train_time": train_time, "img_per_s": seen / max(train_time, 1e-9)})
+            history.append(row)
+            monitored = row[t.monitor]
+            if plateau is not None and global_step >= warmup_steps:
+                plateau.step(monitored)
+            weights_finite = all(torch.isfinite(p).all() for p in eval_module.parameters())
+            is_best = stopper.update(monitored) and weights_finite
+            if is_best:
+                best_epoch = epoch + 1
+            start_step = 0
+            state = checkpoint_state(epoch + 1, 0)
+            if is_best:
+                save("best_model.pth", state)
+            save("last_checkpoint.pth", state)
+            if config.logging.save_every and (epoch + 1) % config.logging.save_every == 0:
+                save(f"checkpoint_epoch_{epoch + 1}.pth", state)
+                if runtime.main:
+                    _prune_epoch_checkpoints(paths.checkpoints, config.logging.keep_last)
+            if runtime.main:
+                summary.update(best_epoch=best_epoch, best_val=stopper.best, monitor=t.monitor, first_step_s=first_step_s,
+                               elapsed_s=time.time() - started)
+                write_json(os.path.join(paths.logs, "training_log.json"), summary)
+                if writer is not None:
+                    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "img_per_s", "epoch_time"):
+                        writer.add_scalar(_tb_tag(key), row[key], epoch + 1)
+                    writer.flush()
+                console(f"epoch {epoch + 1:3d}/{t.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
+                        f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  lr {row['lr']:.2e}  "
+                        f"{row['img_per_s']:.0f} img/s  {row['epoch_time']:.1f}s" + ("  *best" if is_best else ""))
+            if stopper.should_stop:
+                summary["stopped_early"] = {"epoch": epoch + 1, "patience": t.early_stopping_patience}
+                if runtime.main:
+                    console(f"early stopping: no {t.monitor} improvement for {t.early_stopping_patience} epochs")
+                break
+
+    if stop_reason is not None:
+        if writer is not None:
+            writer.close()
+        return {"interrupted": int(stop_reason)}
+
+    save("final_model.pth", checkpoint_state(len(history), 0))
+    if runtime.main:
+        _finish(config, paths, summary, history, data.class_names, eval_data, eval_model, eval_module, device, dtype, tta,
+                writer, started, console)
+    if runtime.distributed:
+        dist.barrier()
+    return summary
+
+
+def _stop_requested(signals, runtime, step, interval):
+    """Every rank must stop at the same step: in a distributed run the flag is agreed every `interval` steps."""
+    if not runtime.distributed:
+        return signals.signum is not None
+    if (step + 1) % interval:
+        return False
+    flag = torch.tensor([1 if signals.signum is not None else 0], device=runtime.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def _finish(config, paths, summary, history, class_names, eval_data, eval_model, eval_module, device, dtype, tta,
+            writer, started, console):
+    """Test the best model once, then write the figures, the final log and the hyperparameters."""
+    best_path = os.path.join(paths.checkpoints, "best_model.pth")
+    if os.path.exists(best_path):
+        best = load_checkpoint(best_path)
+        eval_module.load_state_dict(best[best["eval_weights"]])
+    logits, labels = predict(eval_model, eval_data.test, device, dtype, tta=tta)
+    test_loss, test_acc = loss_and_accuracy(logits, labels)
+    metrics, cm, _ = classification_metrics(labels.numpy(), logits.argmax(1).numpy(), class_names)
+    summary.update(test_loss=test_loss, test_acc=test_acc, test_tta=tta, test_macro_f1=metrics["macro"]["f1"],
+                   total_time_s=time.time() - started, finished=True)
+    write_json(os.path.join(paths.logs, "training_log.json"), summary)
+    plot_training_curves(history, os.path.join(paths.logs, "training_curves.png"))
+    plot_confusion_matrix(cm, class_names, os.path.join(paths.logs, "confusion_matrix.png"),
+                          title=f"{config.experiment_name} (test)")
+    if writer is not None:
+        writer.add_scalar("test/loss", test_loss, len(history))
+        writer.add_scalar("test/acc", test_acc, len(history))
+        hparams = {f"{section}.{k}": (v if isinstance(v, (int, float, str, bool)) else str(v))
+                   for section, values in config.to_dict().items() for k, v in values.items()}
+        writer.add_hparams(hparams, {"hparam/test_acc": test_acc, "hparam/best_val": summary.get("best_val") or 0.0},
+                           run_name=".")
+        writer.close()
+    console(f"test: loss {test_loss:.4f}  accuracy {test_acc:.4f}  (best epoch {summary.get('best_epoch')}, "
+            f"{summary['total_time_s']:.1f}s total)  logs in {paths.logs}")
+
+
+def _tb_tag(key):
+    return {"train_loss": "loss/train", "val_loss": "loss/val", "train_acc": "accuracy/train", "val_acc": "accuracy/val",
+            "lr": "lr", "img_per_s": "throughput/img_per_s", "epoch_time": "time/epoch_s"}[key]
+
+
+def _prune_epoch_checkpoints(directory, keep):
+    files = sorted(glob.glob(os.path.join(directory, "checkpoint_epoch_*.pth")),
+                   key=lambda p: int(p.rsplit("_", 1)[1].split(".")[0]))
+    for old in files[:-keep]:
+        os.remove(old)
+
+
+# ------------------------------------------------------------------------------------------
+# Command line
+
+
+def prepare(argv):
+    """Parse and check everything that can be checked before any file is written."""
+    args = parse_args(argv)
+    overrides = cli_overrides(args)
+    config = load_config(args.config or "digits")
+    config = apply_overrides(config, overrides)
+    resume_state = None
+    paths = experiment_paths(config)
+    if args.resume:
+        resume_path = args.resume
+        if args.resume == "auto":
+            resume_path = find_latest_checkpoint(paths.checkpoints, warn=lambda m: print(m, file=sys.stderr)) \
+                if os.path.isdir(paths.checkpoints) else None
+        if resume_path is not None:
+            resume_state = load_checkpoint(resume_path)
+            if "optimizer" not in resume_state:
+                raise CheckpointError(f"{resume_path} has no training state to resume from")
+            # a resumed run keeps its stored config; only what this command line sets explicitly changes
+            base = checkpoint_config(resume_state, resume_path)
+            config = apply_overrides(base, overrides)
+            paths = experiment_paths(config)
+        else:
+            print(f"no checkpoint to resume in {paths.checkpoints}; starting from scratch", file=sys.stderr)
+    check_output_writable(config.logging.output_dir)
+    check_existing_experiment(paths, resuming=args.resume is not None, overwrite=args.overwrite)
+    return args, config, paths, resume_state
+
+
+def main(argv=None):
+    try:
+        args, config, paths, resume_state = prepare(argv)
+        runtime = init_runtime(config)
+    except (UsageError,) + USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    console = print if runtime.main else (lambda *a, **k: None)
+    try:
+        if runtime.main:
+            if args.overwrite and resume_state is None:
+                for folder in paths.all():
+                    shutil.rmtree(folder, ignore_errors=True)
+            for folder in paths.all():
+                os.makedirs(folder, exist_ok=True)
+        if runtime.distributed:
+            dist.barrier()
+        result = train(config, paths, runtime, resume_state, console)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("stopped at once; the last saved checkpoint is intact", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if "DataError: " in str(e):  # raised inside a DataLoader worker, re-raised with its traceback
+            line = next(l for l in str(e).splitlines() if "DataError: " in l)
+            print(f"error: {line.split('DataError: ', 1)[1]}", file=sys.stderr)
+            return 2
+        raise
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if "interrupted" in result:
+        signum = result["interrupted"]
+        if runtime.main:
+            cmd = " ".join(["python", os.path.basename(sys.argv[0])] + [a for a in (argv if argv is not None else sys.argv[1:])
+                                                                          if a != "--overwrite"])
+            if "--resume" not in cmd:
+                cmd += " --resume auto"
+            print(f"saved {os.path.join(paths.checkpoints, 'last_checkpoint.pth')}; resume with: {cmd}", file=sys.stderr)
+        return 128 + signum
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
