@@ -18,6 +18,7 @@ over tokens that is obviously correct, and `selective_scan`, the fast path used 
 a chunked cumulative-sum scan with no Python loop over L. Tests hold the fast one to the
 reference in value and gradient.
 """
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -43,10 +44,10 @@ class ModelSize:
 
 
 MODEL_SIZES = {
-    "tiny": ModelSize(embed_dim=192, depth=10, num_heads=3, d_state=16, d_conv=4, expand=1, mlp_ratio=4.0, approx_params_m=6.5),
-    "small": ModelSize(embed_dim=384, depth=10, num_heads=6, d_state=16, d_conv=4, expand=1, mlp_ratio=4.0, approx_params_m=22.6),
-    "base": ModelSize(embed_dim=768, depth=10, num_heads=12, d_state=16, d_conv=4, expand=1, mlp_ratio=4.0, approx_params_m=89.9),
-    "large": ModelSize(embed_dim=1024, depth=18, num_heads=16, d_state=16, d_conv=4, expand=1, mlp_ratio=4.0, approx_params_m=303.0),
+    "tiny": ModelSize(embed_dim=192, depth=10, num_heads=3, d_state=16, d_conv=4, expand=1, mlp_ratio=4.0, approx_params_m=6.18),
+    "small": ModelSize(embed_dim=384, depth=10, num_heads=6, d_state=16, d_conv=4, expand=1, mlp_ratio=4.0, approx_params_m=24.19),
+    "base": ModelSize(embed_dim=768, depth=10, num_heads=12, d_state=16, d_conv=4, expand=1, mlp_ratio=4.0, approx_params_m=95.71),
+    "large": ModelSize(embed_dim=1024, depth=18, num_heads=16, d_state=16, d_conv=4, expand=1, mlp_ratio=4.0, approx_params_m=298.66),
 }
 BLOCK_TYPES = ("hybrid", "ssm", "attention")
 STEMS = ("conv", "patch")
@@ -114,6 +115,11 @@ def _shift(x, reverse=False):
     return torch.cat([x[:, 1:], zero], dim=1) if reverse else torch.cat([zero, x[:, :-1]], dim=1)
 
 
+def _autocast_off(device):
+    """The scan's exp, products and sums run in fp32 whatever autocast says (meta: shapes only)."""
+    return contextlib.nullcontext() if device.type == "meta" else torch.autocast(device_type=device.type, enabled=False)
+
+
 class _SelectiveScanFn(torch.autograd.Function):
     """Saves only the inputs and recomputes the (B, L, G, N, E) states in backward, as the CUDA
     kernel does; works in place on a few such buffers. The internal layout puts E innermost, so
@@ -130,7 +136,7 @@ class _SelectiveScanFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, Bm, Cm, D):
-        with torch.autocast(device_type=u.device.type, enabled=False):
+        with _autocast_off(u.device):
             u, delta, A, Bm, Cm, D = (t.float() for t in (u, delta, A, Bm, Cm, D))
             _, h = _SelectiveScanFn._decay_and_states(u, delta, A.transpose(-1, -2), Bm)
             y = (h * Cm[..., None]).sum(3) + u * D
@@ -140,7 +146,7 @@ class _SelectiveScanFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_y):
         u, delta, A, Bm, Cm, D = ctx.saved_tensors
-        with torch.autocast(device_type=u.device.type, enabled=False):
+        with _autocast_off(u.device):
             g_y = g_y.float()
             A_ne = A.transpose(-1, -2)  # (G, N, E)
             decay, h = _SelectiveScanFn._decay_and_states(u, delta, A_ne, Bm)
@@ -152,7 +158,7 @@ class _SelectiveScanFn(torch.autograd.Function):
             g_log_decay = g_h
             g_log_decay[:, 1:].mul_(decay[:, 1:]).mul_(h[:, :-1])
             g_log_decay[:, 0] = 0.0
-            g_delta = torch.mul(g_log_decay, A_ne, out=decay).sum(3) + g_x_dot_B * u
+            g_delta = (g_log_decay * A_ne).sum(3) + g_x_dot_B * u
             g_A = g_log_decay.mul_(delta[:, :, :, None, :]).sum((0, 1)).transpose(-1, -2)
             g_u = g_x_dot_B * delta + g_y * D
             g_D = (g_y * u).sum((0, 1))
@@ -231,6 +237,7 @@ class BidirectionalSSM(nn.Module):
         self.D = nn.Parameter(torch.empty(directions, inner))
         self.out_proj = nn.Linear(inner, dim)
         self.scan = selective_scan
+        init_weights(self)  # usable on its own, not only inside VisionMamba
 
     def forward(self, x):
         length = x.shape[1]
@@ -339,7 +346,7 @@ class VisionMamba(nn.Module):
         self.num_classes = num_classes
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, stem)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches, embed_dim))
-        drop_rates = torch.linspace(0, drop_path, depth).tolist()  # deeper layers dropped more often
+        drop_rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]  # deeper layers dropped more often
         self.blocks = nn.ModuleList(
             Block(embed_dim, kind, num_heads, d_state, d_conv, expand, mlp_ratio, rate, dropout)
             for kind, rate in zip(parse_block_pattern(block_type, depth), drop_rates)
@@ -374,7 +381,7 @@ class VisionMamba(nn.Module):
 
 @torch.no_grad()
 def init_weights(model):
-    """Every initialisation in the model, in one place."""
+    """Every initialisation in the model (or in any of its layers), in one place."""
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
             nn.init.trunc_normal_(module.weight, std=0.02)  # ViT/DeiT practice
@@ -387,14 +394,15 @@ def init_weights(model):
             # S4D-real init: A = -(1..N) per channel, kept as log so A stays negative
             module.A_log.copy_(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).expand_as(module.A_log))
             module.D.fill_(1.0)  # skip connection starts as identity
-            nn.init.trunc_normal_(module.x_proj, std=0.02)
+            bound = inner ** -0.5  # x_proj as nn.Linear's default (Mamba keeps it): B, C and dt start O(1)
+            nn.init.uniform_(module.x_proj, -bound, bound)
             # Mamba's dt init: dt_proj ~ U(+-R^-0.5); dt = softplus(dt_bias) log-uniform in [1e-3, 1e-1]
             bound = module.dt_rank ** -0.5
             nn.init.uniform_(module.dt_proj, -bound, bound)
             dt = torch.exp(torch.empty_like(module.dt_bias).uniform_(math.log(1e-3), math.log(1e-1)))
             module.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
-    nn.init.trunc_normal_(model.pos_embed, std=0.02)
-    nn.init.zeros_(model.head.weight)  # uniform predictions at step 0
+    if isinstance(model, VisionMamba):
+        nn.init.trunc_normal_(model.pos_embed, std=0.02)
 
 
 def model_kwargs(model_size, **overrides):

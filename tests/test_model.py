@@ -1,0 +1,220 @@
+import itertools
+
+import pytest
+import torch
+
+import vision_mamba as vm
+from vision_mamba import (BLOCK_TYPES, MODEL_SIZES, BidirectionalSSM, Block, count_parameters, create_model, linear_scan_,
+                          selective_scan, selective_scan_ref)
+
+
+def rel_err(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("size,block_type,in_chans,img_size",
+                         list(itertools.product(MODEL_SIZES, BLOCK_TYPES, (1, 3), (28, 32, 64))))
+def test_output_shapes_every_size_block_type_channels_and_resolution(size, block_type, in_chans, img_size):
+    # full-size models on the meta device: real shapes through the real code, no memory or compute
+    with torch.device("meta"):
+        model = create_model(size, num_classes=7, img_size=img_size, in_chans=in_chans, block_type=block_type)
+        x = torch.empty(2, in_chans, img_size, img_size)
+        assert model(x).shape == (2, 7)
+        assert model.forward_features(x).shape == (2, MODEL_SIZES[size].embed_dim)
+
+
+@pytest.mark.parametrize("block_type,in_chans,img_size", [("hybrid", 1, 28), ("ssm", 3, 32), ("attention", 3, 64), ("hybrid", 3, 64)])
+def test_real_forward_is_finite(block_type, in_chans, img_size):
+    model = create_model("tiny", num_classes=5, img_size=img_size, in_chans=in_chans, block_type=block_type, depth=2)
+    out = model(torch.randn(2, in_chans, img_size, img_size))
+    assert out.shape == (2, 5) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("size", list(MODEL_SIZES))
+def test_parameter_counts_match_the_size_table(size):
+    with torch.device("meta"):
+        params = count_parameters(create_model(size, num_classes=10, img_size=32, in_chans=3))
+    assert params / 1e6 == pytest.approx(MODEL_SIZES[size].approx_params_m, rel=0.02)
+
+
+def test_size_ranges_from_the_brief():
+    def params(size):
+        with torch.device("meta"):
+            return count_parameters(create_model(size)) / 1e6
+    assert 5 <= params("tiny") <= 7
+    assert 20 <= params("small") <= 26
+    assert 80 <= params("base") <= 100
+    assert 270 <= params("large") <= 330
+
+
+def test_block_type_pattern_and_bad_values():
+    model = create_model("tiny", block_type="ssm,attention", depth=4)
+    assert [b.block_type for b in model.blocks] == ["ssm", "attention", "ssm", "attention"]
+    with pytest.raises(ValueError, match="each entry must be one of"):
+        create_model("tiny", block_type="mamba")
+    with pytest.raises(ValueError, match="does not divide depth"):
+        create_model("tiny", block_type="ssm,attention,hybrid", depth=4)
+    with pytest.raises(ValueError, match="not divisible by patch_size"):
+        create_model("tiny", img_size=30)
+    with pytest.raises(ValueError, match="model_size"):
+        create_model("huge")
+
+
+def random_scan_inputs(batch, length, groups, inner, d_state, delta_scale=1.0, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.randn(batch, length, groups, inner, generator=gen)
+    delta = torch.nn.functional.softplus(torch.randn(batch, length, groups, inner, generator=gen) * delta_scale)
+    A = -torch.rand(groups, inner, d_state, generator=gen) * 16 - 1e-3
+    Bm = torch.randn(batch, length, groups, d_state, generator=gen)
+    Cm = torch.randn(batch, length, groups, d_state, generator=gen)
+    D = torch.randn(groups, inner, generator=gen)
+    return [t.requires_grad_() for t in (u, delta, A, Bm, Cm, D)]
+
+
+@pytest.mark.parametrize("length,delta_scale", [(1, 1.0), (7, 1.0), (64, 1.0), (100, 3.0), (1024, 1.0), (1024, 30.0), (257, 60.0)])
+def test_fast_scan_matches_reference_in_value_and_gradient(length, delta_scale):
+    # delta_scale 30-60 gives extreme steps (softplus up to ~200: decay exp(-3000) underflows to 0)
+    inputs = random_scan_inputs(2, length, 2, 6, 4, delta_scale)
+    ref_inputs = [t.detach().double().requires_grad_() for t in inputs]
+    y_ref = selective_scan_ref(*ref_inputs)
+    y = selective_scan(*inputs)
+    assert y.dtype == torch.float32 and torch.isfinite(y).all()
+    assert rel_err(y, y_ref) < 1e-4
+    g_y = torch.randn_like(y)
+    grads = torch.autograd.grad(y, inputs, g_y)
+    grads_ref = torch.autograd.grad(y_ref, ref_inputs, g_y.double())
+    for name, g, g_ref in zip(("u", "delta", "A", "B", "C", "D"), grads, grads_ref):
+        assert torch.isfinite(g).all(), name
+        if g_ref.norm() > 0:
+            assert rel_err(g, g_ref) < 1e-4, name
+
+
+def test_fast_scan_cpu_batch_blocking_gives_the_same_result(monkeypatch):
+    inputs = random_scan_inputs(5, 16, 1, 8, 4)
+    y_whole = selective_scan(*inputs)
+    grads_whole = torch.autograd.grad(y_whole.sum(), inputs)
+    monkeypatch.setattr(vm, "CPU_SCAN_BLOCK_ELEMENTS", 16 * 8 * 4 * 2)  # two samples per block
+    y_blocked = selective_scan(*inputs)
+    assert torch.allclose(y_blocked, y_whole, atol=1e-6)
+    for g, g_blocked in zip(grads_whole, torch.autograd.grad(y_blocked.sum(), inputs)):
+        assert torch.allclose(g, g_blocked, atol=1e-5)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("length", [1, 2, 8, 9, 64, 513])
+def test_linear_scan_against_a_loop(length, reverse):
+    gen = torch.Generator().manual_seed(length)
+    a, x = torch.rand(3, length, 5, generator=gen), torch.randn(3, length, 5, generator=gen)
+    expected, h = torch.zeros_like(x), torch.zeros(3, 5)
+    for t in (reversed(range(length)) if reverse else range(length)):
+        h = a[:, t] * h + x[:, t]
+        expected[:, t] = h
+    assert torch.allclose(linear_scan_(a.clone(), x.clone(), reverse), expected, atol=1e-5)
+
+
+def test_scan_under_bf16_autocast_accumulates_in_fp32():
+    inputs = random_scan_inputs(2, 64, 1, 8, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = selective_scan(*[t.detach().bfloat16().requires_grad_() for t in inputs])
+    assert y.dtype == torch.float32 and torch.isfinite(y).all()
+
+
+def _sensitivity(fn, x, out_token, in_token):
+    """|d out[out_token] / d in[in_token]|: exactly zero when no path connects them."""
+    x = x.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(fn(x)[:, out_token].sum(), x)
+    return grad[:, in_token].abs().sum().item()
+
+
+def test_bidirectional_ssm_first_token_sees_the_last_token():
+    torch.manual_seed(0)
+    layer = BidirectionalSSM(dim=16, d_state=4, d_conv=4, expand=2)
+    x = torch.randn(1, 20, 16)
+    assert _sensitivity(layer, x, 0, -1) > 0
+    assert _sensitivity(layer, x, -1, 0) > 0
+    changed = x.clone()
+    changed[:, -1] += 1.0
+    assert not torch.equal(layer(x)[:, 0], layer(changed)[:, 0])
+
+
+def test_one_direction_alone_is_causal():
+    # control for the test above: the forward-direction scan at token 0 ignores later tokens
+    inputs = [t.detach() for t in random_scan_inputs(1, 12, 1, 4, 4)]
+    u = inputs[0].clone().requires_grad_()
+    y = selective_scan(u, *inputs[1:])
+    (grad,) = torch.autograd.grad(y[:, 0].sum(), u)
+    assert grad[:, 1:].abs().sum() == 0
+
+
+def test_ssm_model_first_token_depends_on_last_token():
+    torch.manual_seed(0)
+    model = create_model("tiny", block_type="ssm", depth=2, img_size=16, in_chans=1, stem="patch").eval()
+    tokens = model.patch_embed(torch.randn(1, 1, 16, 16)) + model.pos_embed
+
+    def run(x):
+        for block in model.blocks:
+            x = block(x)
+        return x
+
+    assert _sensitivity(run, tokens.detach(), 0, -1) > 0
+    changed = tokens.detach().clone()
+    changed[:, -1] += 1.0
+    assert not torch.equal(run(tokens)[:, 0], run(changed)[:, 0])
+
+
+@pytest.mark.parametrize("block_type", BLOCK_TYPES)
+def test_every_parameter_receives_a_gradient(block_type):
+    torch.manual_seed(0)
+    model = create_model("tiny", num_classes=10, img_size=32, in_chans=3, block_type=block_type, depth=2)
+    loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_no_nan_under_bf16_autocast():
+    torch.manual_seed(0)
+    model = create_model("tiny", num_classes=10, img_size=32, in_chans=3, depth=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(torch.randn(4, 3, 32, 32) * 5)
+        loss = torch.nn.functional.cross_entropy(logits.float(), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_precision_sensitive_parameters_stay_fp32_and_skip_weight_decay():
+    model = create_model("tiny", depth=1)
+    skip = model.no_weight_decay()
+    for name in ("pos_embed", "blocks.0.ssm.A_log", "blocks.0.ssm.D", "blocks.0.ssm.dt_bias", "blocks.0.norm1.weight",
+                 "blocks.0.attn.qkv.bias", "blocks.0.gate"):
+        assert name in skip, name
+    for name in ("blocks.0.attn.qkv.weight", "blocks.0.ssm.in_proj.weight", "head.weight", "blocks.0.ssm.x_proj"):
+        assert name not in skip, name
+    groups = model.param_groups(0.05)
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    ssm = model.blocks[0].ssm
+    assert ssm.A_log.dtype == ssm.D.dtype == ssm.dt_bias.dtype == torch.float32
+
+
+def test_init_follows_s4d_real_and_mamba_dt_ranges():
+    ssm = create_model("tiny", depth=1).blocks[0].ssm
+    assert torch.allclose(-torch.exp(ssm.A_log[0, 0]), -torch.arange(1, ssm.d_state + 1, dtype=torch.float32))
+    dt = torch.nn.functional.softplus(ssm.dt_bias)
+    assert dt.min() >= 1e-3 * 0.999 and dt.max() <= 1e-1 * 1.001
+    assert torch.all(ssm.D == 1)
+
+
+def test_hybrid_gate_gives_both_branches_half_at_init():
+    block = Block(16, "hybrid", 2, 4, 4, 1, 2.0, 0.0, 0.0)
+    assert torch.allclose(torch.sigmoid(block.gate), torch.full((16,), 0.5))
+
+
+def test_scan_and_ssm_layer_compile_without_graph_breaks():
+    import torch._dynamo as dynamo
+    inputs = [t.detach() for t in random_scan_inputs(2, 16, 2, 4, 4)]
+    assert dynamo.explain(selective_scan)(*inputs).graph_break_count == 0
+    layer = BidirectionalSSM(dim=8, d_state=4, d_conv=4, expand=1)
+    assert dynamo.explain(layer)(torch.randn(2, 16, 8)).graph_break_count == 0
