@@ -385,13 +385,40 @@ class DataBundle:
     resident: bool
 
 
-def use_resident(config, device):
+RESIDENT_IMAGEFOLDER_MAX_BYTES = 4 * 2**30  # decoded uint8 size up to which auto keeps an ImageFolder in memory
+
+
+def use_resident(config, device, num_images=0, info=None):
     mode = config.data.gpu_resident
-    if config.data.dataset == "imagefolder":
-        return False  # decoded on the fly: a folder of files may not fit in memory
     if config.data.dataset == "digits":
         return True
+    if config.data.dataset == "imagefolder" and mode == "auto":
+        fits = num_images * info.in_chans * info.img_size ** 2 <= RESIDENT_IMAGEFOLDER_MAX_BYTES
+        return torch.device(device).type == "cuda" and fits
     return mode == "on" or (mode == "auto" and torch.device(device).type == "cuda")
+
+
+def decode_image_folder(dataset, img_size, workers=None):
+    """Every image of an ImageFolder decoded, resized to img_size and stacked: an ArraySplit."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    def decode(sample):
+        path, _ = sample
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+                if img.size != (img_size, img_size):
+                    img = img.resize((img_size, img_size), Image.BILINEAR)
+                return np.asarray(img, dtype=np.uint8)
+        except Exception as e:
+            raise DataError(f"cannot read image {path} ({type(e).__name__}: {e}); delete or replace the file") from None
+
+    with ThreadPoolExecutor(workers or min(32, (os.cpu_count() or 1) * 2)) as pool:  # PIL decodes without the GIL
+        images = list(pool.map(decode, dataset.samples, chunksize=256))
+    labels = torch.tensor([label for _, label in dataset.samples], dtype=torch.int64)
+    return ArraySplit(_as_nchw(np.stack(images)), labels)
 
 
 def _imagefolder_splits(root):
@@ -415,23 +442,27 @@ def create_data_loaders(config, device="cpu", rank=0, world_size=1):
     info = dataset_info(config)
     device = torch.device(device)
     if cfg.dataset == "imagefolder":
-        train_full, test_set = _imagefolder_splits(cfg.data_dir)
-        class_names = list(train_full.classes)
+        train_folder, test_folder = _imagefolder_splits(cfg.data_dir)
+        class_names = list(train_folder.classes)
         info = DatasetInfo(**{**info.__dict__, "num_classes": len(class_names)})
-        train_idx, val_idx = stratified_split([t for _, t in train_full.samples], cfg.val_fraction, seed)
-        train_base, val_base, test_base = (torch.utils.data.Subset(train_full, train_idx),
-                                           torch.utils.data.Subset(train_full, val_idx), test_set)
-        resident = False
+        train_idx, val_idx = stratified_split([t for _, t in train_folder.samples], cfg.val_fraction, seed)
+        resident = use_resident(config, device, len(train_folder) + len(test_folder), info)
+        if resident:
+            train_full, test_split = (decode_image_folder(f, info.img_size) for f in (train_folder, test_folder))
+        else:
+            train_base, val_base, test_base = (torch.utils.data.Subset(train_folder, train_idx),
+                                               torch.utils.data.Subset(train_folder, val_idx), test_folder)
     else:
         train_full, test_split, class_names = load_arrays(config)
         train_idx, val_idx = stratified_split(train_full.labels.numpy(), cfg.val_fraction, seed)
+        resident = use_resident(config, device) and train_full.images.shape[-1] == info.img_size
+        if not resident:  # resizing happens in the DataLoader transforms
+            full = _ArrayDataset(train_full)
+            train_base, val_base = torch.utils.data.Subset(full, train_idx), torch.utils.data.Subset(full, val_idx)
+            test_base = _ArrayDataset(test_split)
+    if resident:
         train_split = ArraySplit(train_full.images[train_idx], train_full.labels[train_idx])
         val_split = ArraySplit(train_full.images[val_idx], train_full.labels[val_idx])
-        resident = use_resident(config, device)
-        if resident and train_split.images.shape[-1] != info.img_size:
-            resident = False  # resizing happens in the DataLoader transforms
-        if not resident:
-            train_base, val_base, test_base = (_ArrayDataset(s) for s in (train_split, val_split, test_split))
 
     if resident:
         auto_augment = _auto_augment_op(cfg) if cfg.auto_augment != "none" else None
