@@ -6,6 +6,7 @@ Every hyperparameter is defined once, here, with its default; presets only list 
 """
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Optional
@@ -184,6 +185,8 @@ def _check_type(key, value, annotation):
             return value
     elif annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{key}: expected a finite number, got {value!r}")
             return float(value)
     elif annotation is str:
         if isinstance(value, str):
