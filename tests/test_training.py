@@ -1,0 +1,125 @@
+import os
+import shutil
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import train_vision_mamba
+from helpers import assert_one_line_error, assert_png, final_weights, read_log, run_script, train_args
+
+EPOCH_KEYS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time", "img_per_s"}
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("digits")
+    assert train_vision_mamba.main(train_args(out, "--set", "logging.save_every=1", "--set", "logging.keep_last=2", epochs=3)) == 0
+    return out
+
+
+def test_training_writes_every_output(digits_run):
+    logs = digits_run / "logs" / "vision_mamba_digits"
+    log = read_log(digits_run)
+    assert {"config", "environment", "epochs", "test_loss", "test_acc"} <= set(log)
+    assert log["environment"]["torch"] == torch.__version__ and log["environment"]["device"] == "cpu"
+    assert len(log["epochs"]) == 3 and all(EPOCH_KEYS <= set(row) for row in log["epochs"])
+    assert all(0 <= row["train_acc"] <= 1 and 0 <= row["val_acc"] <= 1 for row in log["epochs"])
+    assert 0 <= log["test_acc"] <= 1 and log["config"]["model"]["depth"] == 1
+    assert_png(logs / "training_curves.png")
+    assert_png(logs / "confusion_matrix.png")
+
+    checkpoints = digits_run / "checkpoints" / "vision_mamba_digits"
+    names = sorted(os.listdir(checkpoints))
+    assert names == ["best_model.pth", "checkpoint_epoch_2.pth", "checkpoint_epoch_3.pth", "final_model.pth", "last_checkpoint.pth"]
+    for name in names:
+        state = torch.load(checkpoints / name, weights_only=True)
+        assert {"model", "optimizer", "scheduler", "scaler", "ema", "epoch", "best_metric", "early_stopping", "rng",
+                "config", "class_names", "versions"} <= set(state)
+    assert torch.load(checkpoints / "final_model.pth", weights_only=True)["epoch"] == 3
+
+    events = EventAccumulator(str(digits_run / "tensorboard" / "vision_mamba_digits"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss/train", "loss/val", "accuracy/train", "accuracy/val", "lr", "throughput/img_per_s", "test/acc"} <= tags
+    assert len(events.Scalars("loss/train")) == 3
+    hparams_files = [f for _, _, files in os.walk(digits_run / "tensorboard") for f in files if f.startswith("events")]
+    assert len(hparams_files) >= 1
+
+
+def test_lr_schedule_warms_up_then_decays(digits_run):
+    lrs = [row["lr"] for row in read_log(digits_run)["epochs"]]
+    assert lrs[0] > lrs[-1] and lrs[-1] >= 1e-5 * 0.999
+
+
+def test_resume_continues_exactly_where_it_stopped(tmp_path):
+    straight = tmp_path / "straight"
+    assert train_vision_mamba.main(train_args(straight, "--set", "logging.save_every=1", "--set", "logging.keep_last=5", epochs=4)) == 0
+    # a second experiment that has only the state after epoch 2, then resumes from it
+    resumed = tmp_path / "resumed"
+    os.makedirs(resumed / "checkpoints" / "vision_mamba_digits")
+    shutil.copy(straight / "checkpoints" / "vision_mamba_digits" / "checkpoint_epoch_2.pth",
+                resumed / "checkpoints" / "vision_mamba_digits" / "checkpoint_epoch_2.pth")
+    assert train_vision_mamba.main(train_args(resumed, "--resume", "auto", epochs=4)) == 0
+    a, b = final_weights(straight), final_weights(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    log_a, log_b = read_log(straight), read_log(resumed)
+    assert [r["val_loss"] for r in log_a["epochs"]] == [r["val_loss"] for r in log_b["epochs"]]
+    assert log_a["test_acc"] == log_b["test_acc"]
+
+
+def test_early_stopping_stops_and_keeps_the_best(tmp_path):
+    # an improvement of more than 1.0 in accuracy is impossible: every epoch after the first is "bad"
+    args = train_args(tmp_path, "--set", "training.early_stopping_patience=2", "--set", "training.early_stopping_min_delta=1.0",
+                      epochs=6)
+    assert train_vision_mamba.main(args) == 0
+    log = read_log(tmp_path)
+    assert len(log["epochs"]) == 3 and log["stopped_early"]["epoch"] == 3 and log["best_epoch"] == 1
+    best = torch.load(tmp_path / "checkpoints" / "vision_mamba_digits" / "best_model.pth", weights_only=True)
+    assert best["epoch"] == 1
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["--config", "nope"], ["unknown config 'nope'", "digits"]),
+    (["--lr", "-1"], ["training.lr must be > 0"]),
+    (["--batch_size", "0"], ["data.batch_size must be >= 1"]),
+    (["--model_size", "giant"], ["model.model_size", "tiny, small, base, large"]),
+    (["--set", "training.scheduler=linear"], ["training.scheduler", "cosine"]),
+    (["--epochs", "ten"], ["--epochs", "invalid int"]),
+    (["--set", "training.lr=abc"], ["training.lr", "expected float"]),
+    (["--resume", "missing.pth"], ["missing.pth does not exist"]),
+    (["--device", "tpu"], ["training.device", "auto, cpu, cuda"]),
+])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, fragments):
+    result = run_script("train_vision_mamba.py", ["--output_dir", str(tmp_path / "out"), *args], timeout=120)
+    assert_one_line_error(result, *fragments)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unwritable_output_is_refused_before_training(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    assert train_vision_mamba.main(train_args(blocker / "sub")) == 2
+    assert "not a folder" in capsys.readouterr().err
+
+
+def test_existing_experiment_is_refused_unless_resume_or_overwrite(digits_run, tmp_path, capsys):
+    out = tmp_path / "copy"
+    shutil.copytree(digits_run, out)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    assert train_vision_mamba.main(train_args(out)) == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and "--resume auto" in err and "--overwrite" in err
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before  # nothing touched
+    assert train_vision_mamba.main(train_args(out, "--overwrite", epochs=1)) == 0
+    assert len(read_log(out)["epochs"]) == 1
+    assert not (out / "checkpoints" / "vision_mamba_digits" / "checkpoint_epoch_3.pth").exists()
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_never_saves_a_best_model(tmp_path, capsys):
+    args = train_args(tmp_path, "--set", "training.lr=1e30", "--set", "training.grad_clip=0", "--set", "training.warmup_epochs=0",
+                      epochs=2)
+    assert train_vision_mamba.main(args) == 1
+    err = capsys.readouterr().err
+    assert "NaN/Inf" in err and "epoch 1, step" in err and "lower --lr" in err
+    assert not (tmp_path / "checkpoints" / "vision_mamba_digits" / "best_model.pth").exists()
