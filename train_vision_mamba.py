@@ -14,6 +14,7 @@ SIGINT/SIGTERM after saving a resumable checkpoint.
 """
 import argparse
 import glob
+import hashlib
 import math
 import os
 import platform
@@ -542,6 +543,10 @@ def train(config, paths, runtime, resume_state=None, console=print):
             writer.close()
         return {"interrupted": int(stop_reason)}
 
+    if runtime.distributed:  # DDP keeps replicas in step; record the proof
+        digests = [None] * runtime.world_size
+        dist.all_gather_object(digests, weights_digest(model))
+        summary["rank_weight_digests"] = digests
     save("final_model.pth", checkpoint_state(len(history), 0))
     if runtime.main:
         _finish(config, paths, summary, history, data.class_names, eval_data, eval_model, eval_module, device, dtype, tta,
@@ -549,6 +554,14 @@ def train(config, paths, runtime, resume_state=None, console=print):
     if runtime.distributed:
         dist.barrier()
     return summary
+
+
+def weights_digest(model):
+    """sha256 of every parameter's bytes: equal digests mean bit-identical weights."""
+    digest = hashlib.sha256()
+    for p in model.parameters():
+        digest.update(p.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _stop_requested(signals, runtime, step, interval):

@@ -1,0 +1,83 @@
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import evaluate_model
+import train_vision_mamba
+from helpers import assert_png, run_script, train_args
+
+REPORTS = ["metrics.json", "classification_report.txt", "confusion_matrix.png", "confusion_matrix.csv",
+           "per_class_accuracy.png", "sample_predictions.png", "misclassified.png"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert train_vision_mamba.main(train_args(out, epochs=2)) == 0
+    return out / "checkpoints" / "vision_mamba_digits" / "best_model.pth"
+
+
+@pytest.mark.parametrize("split", ["test", "val"])
+def test_evaluation_writes_consistent_reports(checkpoint, tmp_path, split, capsys):
+    out = tmp_path / "ev"
+    assert evaluate_model.main(["--checkpoint", str(checkpoint), "--output_dir", str(out), "--split", split,
+                                "--num_samples", "12"]) == 0
+    assert sorted(os.listdir(out)) == sorted(REPORTS)
+    metrics = json.loads((out / "metrics.json").read_text())
+    with open(out / "confusion_matrix.csv") as f:
+        rows = list(csv.reader(f))
+    cm = np.array([[int(v) for v in row[1:]] for row in rows[1:]])
+    assert rows[0][1:] == [str(i) for i in range(10)]
+    assert metrics["num_samples"] == cm.sum() == (360 if split == "test" else 216)
+    assert metrics["accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
+    per_class = np.diag(cm) / cm.sum(1)
+    assert [metrics["per_class_accuracy"][str(i)] for i in range(10)] == pytest.approx(per_class.tolist())
+    recall = np.diag(cm) / cm.sum(1)
+    assert metrics["macro"]["recall"] == pytest.approx(recall.mean())
+    precision = np.divide(np.diag(cm), cm.sum(0), out=np.zeros(10), where=cm.sum(0) > 0)
+    assert metrics["macro"]["precision"] == pytest.approx(precision.mean())
+    assert metrics["split"] == split and metrics["checkpoint_epoch"] >= 1 and metrics["loss"] > 0
+    assert "macro avg" in (out / "classification_report.txt").read_text()
+    for name in REPORTS:
+        if name.endswith(".png"):
+            assert_png(out / name)
+    printed = capsys.readouterr().out
+    assert "accuracy" in printed and f"{metrics['accuracy']:.4f}" in printed
+
+
+def test_predicting_on_user_images(checkpoint, tmp_path, capsys):
+    paths = []
+    for i, size in enumerate((8, 20, 64)):
+        path = tmp_path / f"digit{i}.png"
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (size, size, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    assert evaluate_model.main(["--checkpoint", str(checkpoint), "--images", *paths, "--top_k", "3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3
+    for line, path in zip(lines, paths):
+        assert line.startswith(path + ":")
+        probs = [float(part.split()[-1].rstrip("%")) for part in line.split(":", 1)[1].split(",")]
+        assert len(probs) == 3 and probs == sorted(probs, reverse=True) and sum(probs) <= 100.0 + 1e-6
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"nope")
+    assert evaluate_model.main(["--checkpoint", str(checkpoint), "--images", str(bad)]) == 2
+    assert str(bad) in capsys.readouterr().err
+
+
+def test_evaluate_requires_an_output_dir(checkpoint, capsys):
+    assert evaluate_model.main(["--checkpoint", str(checkpoint)]) == 2
+    assert "--output_dir is required" in capsys.readouterr().err
+
+
+def test_demo_passes(tmp_path):
+    result = run_script("demo_training.py", ["--output_dir", str(tmp_path)], timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "PASS" in result.stdout
+    for size in ("tiny", "small", "base", "large"):
+        assert size in result.stdout
+    assert (tmp_path / "logs" / "vision_mamba_demo" / "evaluation" / "metrics.json").exists()
+    assert (tmp_path / "checkpoints" / "vision_mamba_demo" / "best_model.pth").exists()
