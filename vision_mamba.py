@@ -20,6 +20,7 @@ reference in value and gradient.
 """
 import contextlib
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -115,6 +116,21 @@ def _shift(x, reverse=False):
     return torch.cat([x[:, 1:], zero], dim=1) if reverse else torch.cat([zero, x[:, :-1]], dim=1)
 
 
+# On CUDA the scan runs as two fused Triton kernels (selective_scan_triton.py), the same
+# computation without the (B, L, G, N, E) round trips through memory. VISION_MAMBA_SCAN=torch
+# forces the pure-PyTorch path everywhere.
+SCAN_BACKEND = os.environ.get("VISION_MAMBA_SCAN", "auto")
+try:
+    import selective_scan_triton as _triton_scan
+except ImportError:  # CPU-only installs may lack Triton
+    _triton_scan = None
+
+
+def _use_fused_kernels(u, d_state):
+    return (u.is_cuda and SCAN_BACKEND != "torch" and _triton_scan is not None
+            and _triton_scan.supports(u, d_state))
+
+
 def _autocast_off(device):
     """The scan's exp, products and sums run in fp32 whatever autocast says (meta: shapes only)."""
     return contextlib.nullcontext() if device.type == "meta" else torch.autocast(device_type=device.type, enabled=False)
@@ -136,6 +152,10 @@ class _SelectiveScanFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, Bm, Cm, D):
+        ctx.fused = _use_fused_kernels(u, A.shape[-1])
+        if ctx.fused:  # Triton on CUDA: reads any float dtype, computes in fp32
+            ctx.save_for_backward(u, delta, A, Bm, Cm, D)
+            return _triton_scan.scan_forward(u, delta, A, Bm, Cm, D)
         with _autocast_off(u.device):
             u, delta, A, Bm, Cm, D = (t.float() for t in (u, delta, A, Bm, Cm, D))
             _, h = _SelectiveScanFn._decay_and_states(u, delta, A.transpose(-1, -2), Bm)
@@ -146,6 +166,8 @@ class _SelectiveScanFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_y):
         u, delta, A, Bm, Cm, D = ctx.saved_tensors
+        if ctx.fused:
+            return _triton_scan.scan_backward(u, delta, A, Bm, Cm, D, g_y)
         with _autocast_off(u.device):
             g_y = g_y.float()
             A_ne = A.transpose(-1, -2)  # (G, N, E)
