@@ -206,7 +206,8 @@ def _section_from_dict(name, values):
     hints = typing.get_type_hints(cls)
     for key in values:
         if key not in fields:
-            raise ConfigError(f"unknown setting {name}.{key}; {name} settings are: {', '.join(fields)}")
+            shown = key if key.isidentifier() else repr(key)
+            raise ConfigError(f"unknown setting {name}.{shown}; {name} settings are: {', '.join(fields)}")
     return cls(**{key: _check_type(f"{name}.{key}", value, hints[key]) for key, value in values.items()})
 
 

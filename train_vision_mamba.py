@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.optim import lr_scheduler
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from checkpoints import FORMAT, CheckpointError, checkpoint_config, find_latest_checkpoint, load_checkpoint, save_checkpoint
@@ -223,6 +223,15 @@ def amp_dtype(config, device):
     return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[mode]
 
 
+def ema_with_warmup(decay):
+    """EMA whose decay ramps up as (1 + n) / (10 + n) to `decay`: early averages follow the
+    weights instead of the random init (a fixed 0.999 needs ~1000 steps to forget it)."""
+    def average(averaged, current, num_averaged):
+        d = min(decay, (1 + num_averaged) / (10 + num_averaged))
+        return averaged * d + current * (1 - d)
+    return average
+
+
 class EarlyStopping:
     def __init__(self, patience, min_delta, mode):
         self.patience, self.min_delta, self.mode = patience, min_delta, mode
@@ -345,7 +354,7 @@ def train(config, paths, runtime, resume_state=None, console=print):
     eval_data = data if not runtime.distributed else create_data_loaders(config, device, 0, 1)
     info, dtype = data.info, amp_dtype(config, device)
     model = build_model(config, info).to(device)
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True) if t.ema else None
+    ema = AveragedModel(model, avg_fn=ema_with_warmup(t.ema_decay), use_buffers=True) if t.ema else None
     lr = effective_lr(config, runtime.world_size)
     optimizer = torch.optim.AdamW(model.param_groups(t.weight_decay), lr=lr, betas=t.betas,
                                   fused=device.type == "cuda")
