@@ -1,7 +1,7 @@
 """Train a Vision Mamba image classifier.
 
     python train_vision_mamba.py                      # digits preset: offline, CPU, well under a minute
-    python train_vision_mamba.py --config cifar10     # the measured CIFAR-10 recipe (docs/RESULTS.md)
+    python train_vision_mamba.py --config cifar10     # CIFAR-10 preset (status in docs/RESULTS.md)
     python train_vision_mamba.py --config my.json --set training.lr=5e-4 --set data.mixup_alpha=0.8
     python train_vision_mamba.py --config cifar10 --resume auto
     torchrun --nproc_per_node 2 train_vision_mamba.py --config cifar10
