@@ -139,19 +139,19 @@ PRESETS = {
     "cifar10": {
         "model": {"model_size": "tiny", "patch_size": 4, "drop_path": 0.1},
         "data": {"dataset": "cifar10", "batch_size": 512, "crop_padding": 4, "val_fraction": 0.1},
-        "training": {"epochs": 60, "lr": 2e-3, "warmup_epochs": 3.0, "weight_decay": 0.05, "label_smoothing": 0.1,
+        "training": {"epochs": 60, "lr": 5e-4, "warmup_epochs": 5.0, "weight_decay": 0.05, "label_smoothing": 0.1,
                      "ema": True, "ema_decay": 0.999, "tta": True},
     },
     "cifar100": {
         "model": {"model_size": "tiny", "patch_size": 4, "drop_path": 0.1},
         "data": {"dataset": "cifar100", "batch_size": 512, "crop_padding": 4, "val_fraction": 0.1},
-        "training": {"epochs": 60, "lr": 2e-3, "warmup_epochs": 3.0, "weight_decay": 0.05, "label_smoothing": 0.1,
+        "training": {"epochs": 60, "lr": 5e-4, "warmup_epochs": 5.0, "weight_decay": 0.05, "label_smoothing": 0.1,
                      "ema": True, "ema_decay": 0.999, "tta": True},
     },
     "fashion_mnist": {
         "model": {"model_size": "tiny", "patch_size": 4, "drop_path": 0.1},
         "data": {"dataset": "fashion_mnist", "batch_size": 512, "crop_padding": 2, "random_erasing": 0.25},
-        "training": {"epochs": 40, "lr": 2e-3, "warmup_epochs": 2.0, "label_smoothing": 0.1, "ema": True, "tta": True},
+        "training": {"epochs": 40, "lr": 5e-4, "warmup_epochs": 5.0, "label_smoothing": 0.1, "ema": True, "tta": True},
     },
     "mnist": {
         "model": {"model_size": "tiny", "patch_size": 4},

@@ -1,0 +1,141 @@
+"""End-to-end training throughput: data + augmentation + step, on CIFAR-10-shaped data.
+
+    python benchmarks/bench_train.py                                   # CPU, small defaults
+    python benchmarks/bench_train.py --device cuda --sizes tiny small --block_types hybrid ssm attention \\
+        --batch_sizes 256 512 1024 --json out.jsonl
+
+The data are 50,000 random uint8 32x32x3 images with 10 labels, fed through the project's own
+loader (`data_pipeline.create_data_loaders`: GPU-resident on CUDA, with random crop, flip and
+normalisation per batch) into the training step the training script runs (bf16 autocast on
+CUDA, label-smoothed cross-entropy, gradient clipping, fused AdamW, compiled model on CUDA).
+
+Reported per configuration: img/s over the timed steps, step time, the part of it spent producing
+batches (timed separately over the same number of batches), peak GPU memory and compile time
+(the first step). Prints a table and appends JSON rows to --json.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from unittest import mock
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import data_pipeline  # noqa: E402
+from config import apply_overrides, get_preset  # noqa: E402
+from train_vision_mamba import amp_dtype, build_model  # noqa: E402
+from vision_mamba import BLOCK_TYPES, MODEL_SIZES, count_parameters  # noqa: E402
+
+
+def synthetic_cifar(num_train, seed=0):
+    rng = np.random.default_rng(seed)
+
+    def split(n):
+        return data_pipeline.ArraySplit(torch.from_numpy(rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)),
+                                        torch.from_numpy(rng.integers(0, 10, n)).long())
+    return split(num_train), split(1000), [str(i) for i in range(10)]
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench(args, device, size, block_type, batch_size):
+    overrides = {"model.model_size": size, "model.block_type": block_type, "data.batch_size": batch_size,
+                 "training.device": device.type, "data.val_fraction": 0.02}
+    config = apply_overrides(get_preset("cifar10"), overrides)
+    with mock.patch.object(data_pipeline, "load_arrays", lambda cfg: synthetic_cifar(args.num_images)):
+        data = data_pipeline.create_data_loaders(config, device)
+    torch.manual_seed(0)
+    model = build_model(config, data.info).to(device)
+    t = config.training
+    optimizer = torch.optim.AdamW(model.param_groups(t.weight_decay), lr=t.lr, fused=device.type == "cuda")
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
+    dtype = amp_dtype(config, device)
+    use_compile = args.compile if args.compile is not None else device.type == "cuda"
+    step_model = torch.compile(model) if use_compile else model
+
+    def step(images, labels):
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = step_model(images)
+        loss = criterion(logits.float(), labels)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    batches = data.train.batches()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    step(*next(batches))
+    synchronize(device)
+    compile_s = time.perf_counter() - start
+    for _ in range(args.warmup):
+        step(*next(batches))
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step(*next(batches))
+    synchronize(device)
+    step_s = (time.perf_counter() - start) / args.steps
+
+    data.train.set_epoch(1)  # the data path alone, same number of batches
+    batches = data.train.batches()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        images, labels = next(batches)
+        images.to(device, non_blocking=True)
+    synchronize(device)
+    data_s = (time.perf_counter() - start) / args.steps
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return {"kind": "train_e2e", "size": size, "block_type": block_type, "batch_size": batch_size,
+            "params_m": round(count_parameters(model) / 1e6, 2), "img_per_s": round(batch_size / step_s, 1),
+            "step_ms": round(step_s * 1e3, 2), "data_ms": round(data_s * 1e3, 3),
+            "data_fraction": round(data_s / step_s, 4), "compile_s": round(compile_s, 1), "compiled": use_compile,
+            "peak_mem_mib": peak, "resident": data.resident, "torch": torch.__version__,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "date": time.strftime("%Y-%m-%d")}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--sizes", nargs="+", default=["tiny"], choices=list(MODEL_SIZES))
+    parser.add_argument("--block_types", nargs="+", default=list(BLOCK_TYPES), choices=list(BLOCK_TYPES))
+    parser.add_argument("--batch_sizes", nargs="+", type=int, default=None, help="default: 256 512 1024 on CUDA, 32 on CPU")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 50 on CUDA, 3 on CPU)")
+    parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--num_images", type=int, default=50_000)
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="default: on for CUDA")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    args.batch_sizes = args.batch_sizes or ([256, 512, 1024] if cuda else [32])
+    args.steps = args.steps or (50 if cuda else 3)
+    args.warmup = args.warmup if args.warmup is not None else (10 if cuda else 1)
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    rows = []
+    for size in args.sizes:
+        for block_type in args.block_types:
+            for batch_size in args.batch_sizes:
+                row = bench(args, device, size, block_type, batch_size)
+                rows.append(row)
+                print(f"{size:<6} {block_type:<10} batch {batch_size:<5} {row['img_per_s']:10.1f} img/s  step {row['step_ms']:8.2f} ms  "
+                      f"data {row['data_ms']:7.3f} ms ({row['data_fraction']:.1%})  compile {row['compile_s']:.1f}s  "
+                      f"peak {row['peak_mem_mib']} MiB", flush=True)
+                if args.json:
+                    with open(args.json, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""The benchmark scripts run on the CPU (CI has no GPU) and write well-formed JSON rows."""
+import json
+
+from helpers import run_script
+
+
+def test_bench_model_runs_and_writes_rows(tmp_path):
+    out = tmp_path / "rows.jsonl"
+    result = run_script("benchmarks/bench_model.py", ["--device", "cpu", "--scan_shape", "2", "16", "8", "4", "--iters", "1",
+                                                      "--warmup", "0", "--block_types", "attention", "hybrid", "--batch_size", "2",
+                                                      "--json", str(out)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {r["impl"] for r in rows if r["kind"] == "scan"} == {"fast", "reference"}
+    assert {r["block_type"] for r in rows if r["kind"] == "train"} == {"attention", "hybrid"}
+    assert all(r["img_per_s"] > 0 for r in rows if r["kind"] == "train")
+    assert "speed-up of fast over reference" in result.stdout
+
+
+def test_bench_train_runs_the_real_data_path(tmp_path):
+    out = tmp_path / "rows.jsonl"
+    result = run_script("benchmarks/bench_train.py", ["--device", "cpu", "--num_images", "300", "--block_types", "ssm",
+                                                      "--batch_sizes", "8", "--steps", "1", "--warmup", "0", "--json", str(out)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["block_type"] == "ssm" and row["batch_size"] == 8 and row["img_per_s"] > 0
+    assert 0 < row["data_fraction"] < 10 and row["step_ms"] > 0
