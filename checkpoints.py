@@ -11,8 +11,7 @@ import zipfile
 
 import torch
 
-from config import ConfigError, config_from_dict
-from vision_mamba import VisionMamba, model_kwargs
+from config import ConfigError, config_from_dict, model_from_config
 
 FORMAT = "vision-mamba-checkpoint/1"
 
@@ -75,19 +74,14 @@ def checkpoint_config(state, path="checkpoint"):
         raise CheckpointError(f"{path} holds an unusable config: {e}") from None
 
 
-def build_model(state, path="checkpoint", weights=None):
+def model_from_checkpoint(state, path="checkpoint", weights=None):
     """Rebuild the model from the config stored in the checkpoint and load its weights.
 
-    weights: "model" (training weights), "ema", or None for what the run evaluated with."""
+    weights: "model" (training weights), "ema_model", or None for what the run evaluated with."""
     config = checkpoint_config(state, path)
     shape = state.get("model_shape", {})
-    m = config.model
     try:
-        model = VisionMamba(num_classes=shape["num_classes"], img_size=shape["img_size"], in_chans=shape["in_chans"],
-                            patch_size=m.patch_size, block_type=m.block_type, stem=m.stem, drop_path=m.drop_path,
-                            dropout=m.dropout, **model_kwargs(m.model_size, embed_dim=m.embed_dim, depth=m.depth,
-                                                              num_heads=m.num_heads, d_state=m.d_state, d_conv=m.d_conv,
-                                                              expand=m.expand, mlp_ratio=m.mlp_ratio))
+        model = model_from_config(config, shape["num_classes"], shape["img_size"], shape["in_chans"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: cannot rebuild the model from its stored config ({e})") from None
     key = weights or state.get("eval_weights", "model")

@@ -11,7 +11,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Optional
 
-from vision_mamba import BLOCK_TYPES, MODEL_SIZES, STEMS, parse_block_pattern
+from vision_mamba import BLOCK_TYPES, MODEL_SIZES, STEMS, VisionMamba, model_kwargs, parse_block_pattern
 
 DATASETS = ("digits", "cifar10", "cifar100", "fashion_mnist", "mnist", "svhn", "imagefolder")
 SCHEDULERS = ("cosine", "step", "plateau", "constant")
@@ -346,3 +346,12 @@ def validate(config):
     _require(name and "/" not in name and "\\" not in name and name not in (".", ".."),
              f"logging.experiment_name {name!r} must be a plain folder name (no slashes)")
     return config
+
+
+def model_from_config(config, num_classes, img_size, in_chans):
+    """The VisionMamba that config.model describes, for data of this shape."""
+    m = config.model
+    sizes = model_kwargs(m.model_size, embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads, d_state=m.d_state,
+                         d_conv=m.d_conv, expand=m.expand, mlp_ratio=m.mlp_ratio)
+    return VisionMamba(num_classes=num_classes, img_size=img_size, in_chans=in_chans, patch_size=m.patch_size,
+                       block_type=m.block_type, stem=m.stem, drop_path=m.drop_path, dropout=m.dropout, **sizes)

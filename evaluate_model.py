@@ -19,16 +19,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from checkpoints import CheckpointError, atomic_write, build_model, load_checkpoint
+from checkpoints import CheckpointError, atomic_write, load_checkpoint, model_from_checkpoint
 from config import ConfigError, apply_overrides
 from data_pipeline import DataError, create_data_loaders, dataset_info
 from reporting import (classification_metrics, plot_confusion_matrix, plot_image_grid, plot_per_class_accuracy,
                        write_json)
-from train_vision_mamba import USER_ERRORS, UsageError, _Parser, check_output_writable, loss_and_accuracy, predict, resolve_device
+from train_vision_mamba import (USER_ERRORS, OneLineArgumentParser, UsageError, check_output_writable, loss_and_accuracy,
+                                predict, resolve_device)
 
 
 def parse_args(argv=None):
-    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--output_dir", default=None, help="where the reports go (required unless --images)")
     p.add_argument("--data_dir", default=None, help="dataset location if it moved since training")
@@ -153,7 +154,7 @@ def main(argv=None):
     try:
         args = parse_args(argv)
         state = load_checkpoint(args.checkpoint)
-        model, config = build_model(state, args.checkpoint)
+        model, config = model_from_checkpoint(state, args.checkpoint)
         device = resolve_device(args.device)
         overrides = {"training.device": args.device}
         if args.data_dir:

@@ -33,10 +33,10 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from checkpoints import FORMAT, CheckpointError, checkpoint_config, find_latest_checkpoint, load_checkpoint, save_checkpoint
-from config import ConfigError, apply_overrides, load_config, parse_value
+from config import ConfigError, apply_overrides, load_config, model_from_config, parse_value
 from data_pipeline import DataError, create_data_loaders, mix_batch
 from reporting import classification_metrics, plot_confusion_matrix, plot_training_curves, write_json
-from vision_mamba import VisionMamba, count_parameters, model_kwargs
+from vision_mamba import count_parameters
 
 TOOLKIT_VERSION = "0.1.0"
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
@@ -50,13 +50,13 @@ class TrainingDiverged(RuntimeError):
     pass
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineArgumentParser(argparse.ArgumentParser):
     def error(self, message):  # one line and exit 2, instead of argparse's usage dump
         raise UsageError(f"{message} (see --help)")
 
 
 def parse_args(argv=None):
-    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="preset name or JSON file (default: digits)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch_size", type=int, help="per-process batch size")
@@ -177,12 +177,7 @@ def check_existing_experiment(paths, resuming, overwrite):
 
 
 def build_model(config, info):
-    m = config.model
-    return VisionMamba(num_classes=info.num_classes, img_size=info.img_size, in_chans=info.in_chans,
-                       patch_size=m.patch_size, block_type=m.block_type, stem=m.stem, drop_path=m.drop_path,
-                       dropout=m.dropout, **model_kwargs(m.model_size, embed_dim=m.embed_dim, depth=m.depth,
-                                                         num_heads=m.num_heads, d_state=m.d_state, d_conv=m.d_conv,
-                                                         expand=m.expand, mlp_ratio=m.mlp_ratio))
+    return model_from_config(config, info.num_classes, info.img_size, info.in_chans)
 
 
 def effective_lr(config, world_size):
