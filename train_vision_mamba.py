@@ -477,7 +477,8 @@ def train(config, paths, runtime, resume_state=None, console=print):
                 if (step + 1) % check_every == 0 or step + 1 == steps_per_epoch:
                     if int(bad_step) >= 0:
                         raise TrainingDiverged(
-                            f"loss became NaN/Inf at epoch {epoch + 1}, step {int(bad_step) + 1}; usual remedies: lower "
+                            f"loss became NaN/Inf at epoch {epoch + 1}, step {int(bad_step) + 1} "
+                            f"({locate_nonfinite(model, images, device, dtype)}); usual remedies: lower "
                             "--lr, raise training.warmup_epochs, keep training.grad_clip > 0, use --set training.amp=bf16 "
                             "instead of fp16, or resume from an earlier checkpoint")
                     if show_bar and (step + 1) % config.logging.log_interval == 0:
@@ -558,6 +559,31 @@ def train(config, paths, runtime, resume_state=None, console=print):
     if runtime.distributed:
         dist.barrier()
     return summary
+
+
+@torch.no_grad()
+def locate_nonfinite(model, images, device, dtype):
+    """Where a diverged run shows its first non-finite numbers: a weight, or else the innermost
+    module whose output on this batch is not finite."""
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        return f"non-finite weights in {bad[0]}" + (f" and {len(bad) - 1} more tensors" if len(bad) > 1 else "")
+    first = []
+
+    def check(name):
+        def hook(module, args, output):
+            if not first and torch.is_tensor(output) and not torch.isfinite(output).all():
+                first.append(name)
+        return hook
+
+    handles = [module.register_forward_hook(check(name)) for name, module in model.named_modules() if name]
+    try:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            model(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return f"first non-finite output: {first[0]}" if first else "weights and activations on this batch are finite"
 
 
 def weights_digest(model):

@@ -6,6 +6,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import train_vision_mamba
+from config import load_config
+from data_pipeline import DATASET_INFO
 from helpers import assert_one_line_error, assert_png, final_weights, read_log, run_script, train_args
 
 EPOCH_KEYS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time", "img_per_s"}
@@ -122,4 +124,17 @@ def test_nan_loss_stops_with_epoch_and_step_and_never_saves_a_best_model(tmp_pat
     assert train_vision_mamba.main(args) == 1
     err = capsys.readouterr().err
     assert "NaN/Inf" in err and "epoch 1, step" in err and "lower --lr" in err
+    assert "non-finite weights in " in err  # where it went wrong, for the bug report
     assert not (tmp_path / "checkpoints" / "vision_mamba_digits" / "best_model.pth").exists()
+
+
+def test_divergence_report_names_the_first_module_with_non_finite_output():
+    model = train_vision_mamba.build_model(load_config("digits"), DATASET_INFO["digits"])
+    fc2 = model.blocks[1].mlp.fc2
+    fc2.forward = lambda x: x.new_full(x.shape[:-1] + (fc2.out_features,), float("inf"))
+    where = train_vision_mamba.locate_nonfinite(model, torch.randn(2, 1, 8, 8), torch.device("cpu"), None)
+    assert where == "first non-finite output: blocks.1.mlp.fc2"
+    with torch.no_grad():
+        model.head.bias[0] = float("nan")
+    assert "non-finite weights in head.bias" in train_vision_mamba.locate_nonfinite(model, torch.randn(2, 1, 8, 8),
+                                                                                   torch.device("cpu"), None)
