@@ -14,9 +14,10 @@ Glossary of symbols used in shape comments
     Bm, Cm input-dependent input and output maps of the SSM (B and C in the Mamba paper)
 
 The selective scan has two implementations side by side: `selective_scan_ref`, a plain loop
-over tokens that is obviously correct, and `selective_scan`, the fast path used by the model,
-a chunked cumulative-sum scan with no Python loop over L. Tests hold the fast one to the
-reference in value and gradient.
+over tokens that is obviously correct, and `selective_scan`, the fast path used by the model:
+a radix-8 tree scan with a hand-written backward and no Python loop over L, which on CUDA
+hands over to the fused Triton kernels of selective_scan_triton.py. Tests hold every path to
+the reference in value and gradient.
 """
 import contextlib
 import math
