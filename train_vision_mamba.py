@@ -334,7 +334,19 @@ def set_rng_state(state, device):
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def train(config, paths, runtime, resume_state=None, console=print):
+def prepare_output_folders(paths, runtime, overwrite):
+    """Called once the data and model are known to be usable, so a run that fails before
+    training writes nothing and an --overwrite that fails loses nothing."""
+    if runtime.main:
+        for folder in paths.all():
+            if overwrite:
+                shutil.rmtree(folder, ignore_errors=True)
+            os.makedirs(folder, exist_ok=True)
+    if runtime.distributed:
+        dist.barrier()
+
+
+def train(config, paths, runtime, resume_state=None, console=print, overwrite=False):
     """Train per config; returns the summary dict written to training_log.json."""
     t, device = config.training, runtime.device
     started = time.time()
@@ -399,6 +411,7 @@ def train(config, paths, runtime, resume_state=None, console=print):
                "effective_batch_size": config.data.batch_size * runtime.world_size,
                "lr_scaling": t.lr_scaling, "effective_lr": lr, "gpu_resident_data": data.resident,
                "compiled": use_compile, "amp": str(dtype).replace("torch.", "") if dtype else "off", "epochs": history}
+    prepare_output_folders(paths, runtime, overwrite)
     writer = None
     if runtime.main and config.logging.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
@@ -686,15 +699,7 @@ def main(argv=None):
         return 2
     console = print if runtime.main else (lambda *a, **k: None)
     try:
-        if runtime.main:
-            if args.overwrite and resume_state is None:
-                for folder in paths.all():
-                    shutil.rmtree(folder, ignore_errors=True)
-            for folder in paths.all():
-                os.makedirs(folder, exist_ok=True)
-        if runtime.distributed:
-            dist.barrier()
-        result = train(config, paths, runtime, resume_state, console)
+        result = train(config, paths, runtime, resume_state, console, overwrite=args.overwrite and resume_state is None)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -138,3 +138,17 @@ def test_divergence_report_names_the_first_module_with_non_finite_output():
         model.head.bias[0] = float("nan")
     assert "non-finite weights in head.bias" in train_vision_mamba.locate_nonfinite(model, torch.randn(2, 1, 8, 8),
                                                                                    torch.device("cpu"), None)
+
+
+def test_missing_data_writes_nothing_and_overwrite_keeps_the_old_run(digits_run, tmp_path):
+    result = run_script("train_vision_mamba.py", ["--config", "cifar10", "--data_dir", str(tmp_path / "nodata"),
+                                                  "--set", "data.download=false", "--output_dir", str(tmp_path / "out")])
+    assert_one_line_error(result, "CIFAR10 not found", "cifar-10-python.tar.gz")
+    assert not (tmp_path / "out").exists()
+    # --overwrite of an existing experiment whose new run cannot start leaves the old outputs alone
+    out = tmp_path / "copy"
+    shutil.copytree(digits_run, out)
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    result = run_script("train_vision_mamba.py", train_args(out, "--overwrite", "--set", "data.batch_size=100000"))
+    assert_one_line_error(result, "data.batch_size 100000 is larger than the training split")
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
