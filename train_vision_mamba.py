@@ -299,15 +299,17 @@ class StopSignals:
         return self
 
     def _handle(self, signum, frame):
-        if self.signum is not None:
-            raise KeyboardInterrupt
+        if self.signum is not None:  # checkpoints are written atomically: stopping anywhere is safe
+            print("\nstopped at once; the last saved checkpoint is intact", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
         self.signum = signum
         self.console(f"\n{signal.Signals(signum).name} received: finishing this step and saving a checkpoint "
                      "(signal again to stop at once)")
 
     def __exit__(self, *exc):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
+        if self.signum is None:  # after a first signal, a second one still stops at once until exit
+            for sig, handler in self.previous.items():
+                signal.signal(sig, handler)
 
 
 # ------------------------------------------------------------------------------------------
