@@ -344,6 +344,8 @@ def prepare_output_folders(paths, runtime, overwrite):
             if overwrite:
                 shutil.rmtree(folder, ignore_errors=True)
             os.makedirs(folder, exist_ok=True)
+            for torn in glob.glob(os.path.join(folder, ".*.tmp*")):  # left by a process killed mid-write
+                os.remove(torn)
     if runtime.distributed:
         dist.barrier()
 

@@ -65,6 +65,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, baseline, sig,
         assert proc.returncode in (0, -int(sig)), (proc.returncode, err[-1500:])
     resumed = run_script("train_vision_mamba.py", train_args(tmp_path, "--resume", "auto", epochs=EPOCHS))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert not [n for n in os.listdir(tmp_path / "checkpoints" / "vision_mamba_digits") if n.startswith(".")]
     assert_same_result(tmp_path, baseline)
 
 
@@ -76,8 +77,13 @@ def test_second_sigint_stops_at_once(tmp_path):
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode in (130, 0), err[-1500:]
-    for name in os.listdir(tmp_path / "checkpoints" / "vision_mamba_digits"):
-        load_checkpoint(str(tmp_path / "checkpoints" / "vision_mamba_digits" / name))  # every file left is whole
+    assert "Traceback" not in err
+    folder = tmp_path / "checkpoints" / "vision_mamba_digits"
+    for name in os.listdir(folder):
+        if name.endswith(".pth"):
+            load_checkpoint(str(folder / name))  # every checkpoint left is whole
+        else:
+            assert name.startswith(".") and ".tmp" in name  # at most a torn temporary file, never a torn checkpoint
 
 
 def test_atomic_write_keeps_the_old_file_when_a_write_dies(tmp_path, monkeypatch):

@@ -152,3 +152,41 @@ def test_missing_data_writes_nothing_and_overwrite_keeps_the_old_run(digits_run,
     result = run_script("train_vision_mamba.py", train_args(out, "--overwrite", "--set", "data.batch_size=100000"))
     assert_one_line_error(result, "data.batch_size 100000 is larger than the training split")
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+
+
+def _lrs(scheduler_name, steps_per_epoch=10, epochs=6, monitored=None, **overrides):
+    from config import apply_overrides, get_preset
+    config = apply_overrides(get_preset("digits"), {"training.scheduler": scheduler_name, "training.epochs": epochs,
+                                                    "training.lr": 1e-2, "training.min_lr": 1e-4, "training.warmup_epochs": 1.0,
+                                                    **{f"training.{k}": v for k, v in overrides.items()}})
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=config.training.lr)
+    per_step, plateau, warmup = train_vision_mamba.make_schedulers(optimizer, config.training, steps_per_epoch)
+    lrs = []
+    for step in range(steps_per_epoch * epochs):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        if plateau is None or step < warmup:
+            per_step.step()
+        if plateau is not None and (step + 1) % steps_per_epoch == 0 and step + 1 >= warmup:
+            plateau.step(monitored[(step + 1) // steps_per_epoch - 1])
+    return lrs
+
+
+def test_schedules_warm_up_then_follow_their_shape():
+    cosine = _lrs("cosine")
+    assert cosine[0] < 1e-3 and max(cosine) == pytest.approx(1e-2, rel=1e-6)  # linear warm-up over the first epoch
+    assert cosine[10] == pytest.approx(1e-2) and cosine[-1] < 2e-4 and all(a >= b for a, b in zip(cosine[10:], cosine[11:]))
+    step = _lrs("step", step_epochs=2, step_gamma=0.5)
+    assert step[10] == pytest.approx(1e-2) and step[29] == pytest.approx(1e-2) and step[30] == pytest.approx(5e-3)
+    constant = _lrs("constant")
+    assert all(lr == pytest.approx(1e-2) for lr in constant[10:])
+    plateau = _lrs("plateau", monitored=[0.5, 0.6, 0.6, 0.6, 0.6, 0.6], plateau_patience=1, plateau_factor=0.5)
+    # best at epoch 2; epochs 3 and 4 bring nothing, more than the patience of 1: halved from epoch 5 on
+    assert plateau[39] == pytest.approx(1e-2) and plateau[40] == pytest.approx(5e-3) and plateau[-1] == pytest.approx(5e-3)
+
+
+def test_plateau_schedule_trains_and_resumes(tmp_path):
+    args = train_args(tmp_path, "--set", "training.scheduler=plateau", "--set", "training.plateau_patience=0", epochs=2)
+    assert train_vision_mamba.main(args) == 0
+    state = torch.load(tmp_path / "checkpoints" / "vision_mamba_digits" / "final_model.pth", weights_only=True)
+    assert state["plateau"] is not None and len(read_log(tmp_path)["epochs"]) == 2
