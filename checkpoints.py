@@ -74,18 +74,23 @@ def checkpoint_config(state, path="checkpoint"):
         raise CheckpointError(f"{path} holds an unusable config: {e}") from None
 
 
-def model_from_checkpoint(state, path="checkpoint", weights=None):
-    """Rebuild the model from the config stored in the checkpoint and load its weights.
+def evaluation_weights(state):
+    """The weights the run evaluated with: the EMA's (kept inside its AveragedModel state under
+    'module.') when it used one, else the training weights."""
+    if state.get("eval_weights") == "ema" and state.get("ema"):
+        return {k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")}
+    return state["model"]
 
-    weights: "model" (training weights), "ema_model", or None for what the run evaluated with."""
+
+def model_from_checkpoint(state, path="checkpoint"):
+    """Rebuild the model from the config stored in the checkpoint and load the weights it evaluated with."""
     config = checkpoint_config(state, path)
     shape = state.get("model_shape", {})
     try:
         model = model_from_config(config, shape["num_classes"], shape["img_size"], shape["in_chans"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: cannot rebuild the model from its stored config ({e})") from None
-    key = weights or state.get("eval_weights", "model")
-    weights_dict = state.get(key) or state["model"]
+    weights_dict = evaluation_weights(state)
     try:
         model.load_state_dict(weights_dict)
     except RuntimeError as e:

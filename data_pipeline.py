@@ -399,24 +399,19 @@ def use_resident(config, device, num_images=0, info=None):
 
 
 def decode_image_folder(dataset, img_size, workers=None):
-    """Every image of an ImageFolder decoded, resized to img_size and stacked: an ArraySplit."""
+    """Every image of a checked ImageFolder decoded, resized to img_size and stacked: an ArraySplit."""
     from concurrent.futures import ThreadPoolExecutor
 
     from PIL import Image
 
-    def decode(sample):
-        path, _ = sample
-        try:
-            with Image.open(path) as img:
-                img = img.convert("RGB")
-                if img.size != (img_size, img_size):
-                    img = img.resize((img_size, img_size), Image.BILINEAR)
-                return np.asarray(img, dtype=np.uint8)
-        except Exception as e:
-            raise DataError(f"cannot read image {path} ({type(e).__name__}: {e}); delete or replace the file") from None
+    def decode(index):
+        img, _ = dataset[index]  # RGB; an unreadable file raises DataError naming it
+        if img.size != (img_size, img_size):
+            img = img.resize((img_size, img_size), Image.BILINEAR)
+        return np.asarray(img, dtype=np.uint8)
 
     with ThreadPoolExecutor(workers or min(32, (os.cpu_count() or 1) * 2)) as pool:  # PIL decodes without the GIL
-        images = list(pool.map(decode, dataset.samples, chunksize=256))
+        images = list(pool.map(decode, range(len(dataset)), chunksize=256))
     labels = torch.tensor([label for _, label in dataset.samples], dtype=torch.int64)
     return ArraySplit(_as_nchw(np.stack(images)), labels)
 
@@ -437,7 +432,8 @@ def _imagefolder_splits(root):
 
 
 def create_data_loaders(config, device="cpu", rank=0, world_size=1):
-    """Train (augmented, shuffled), validation (carved from train) and test loaders."""
+    """Train (augmented, shuffled; this rank's shard), validation (carved from train) and test
+    loaders (whole splits: in a distributed run rank 0 alone evaluates)."""
     cfg, seed = config.data, config.training.seed
     info = dataset_info(config)
     device = torch.device(device)
@@ -469,12 +465,12 @@ def create_data_loaders(config, device="cpu", rank=0, world_size=1):
         train = ResidentLoader(train_split, cfg.batch_size, device, info.mean, info.std, train=True, seed=seed,
                                padding=cfg.crop_padding, hflip=_hflip(info, cfg), random_erasing=cfg.random_erasing,
                                auto_augment=auto_augment, drop_last=True, rank=rank, world_size=world_size)
-        val, test = (ResidentLoader(s, cfg.eval_batch_size, device, info.mean, info.std, train=False, rank=rank, world_size=world_size)
+        val, test = (ResidentLoader(s, cfg.eval_batch_size, device, info.mean, info.std, train=False)
                      for s in (val_split, test_split))
     else:
         pin = device.type == "cuda"
         train = EpochDataLoader(_Transformed(train_base, make_transform(info, cfg, True)), cfg.batch_size, True, seed,
                                 cfg.num_workers, pin, rank, world_size)
         val, test = (EpochDataLoader(_Transformed(b, make_transform(info, cfg, False)), cfg.eval_batch_size, False, seed,
-                                     cfg.num_workers, pin, rank, world_size) for b in (val_base, test_base))
+                                     cfg.num_workers, pin) for b in (val_base, test_base))
     return DataBundle(train, val, test, class_names, info, resident)

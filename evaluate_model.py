@@ -80,17 +80,6 @@ def predict_files(model, paths, info, class_names, device, top_k):
     return results
 
 
-def collect_images(loader, limit):
-    """The first `limit` images of a loader (same order as predict())."""
-    chunks, total = [], 0
-    for images, _ in loader:
-        chunks.append(images.cpu())
-        total += len(images)
-        if total >= limit:
-            break
-    return torch.cat(chunks)[:limit]
-
-
 def all_images_at(loader, indices):
     """Images at the given positions of a loader's (fixed) order."""
     wanted, found, offset = sorted(set(int(i) for i in indices)), {}, 0
@@ -125,7 +114,7 @@ def write_reports(output_dir, logits, labels, class_names, info, loader, args, c
     plot_per_class_accuracy(metrics["per_class_accuracy"], os.path.join(output_dir, "per_class_accuracy.png"))
 
     n = min(args.num_samples, len(labels))
-    samples = denormalize(collect_images(loader, n), info)
+    samples = denormalize(all_images_at(loader, list(range(n))), info)
     plot_image_grid(samples, [f"true {class_names[t]}\npred {class_names[p]}" for t, p in zip(labels[:n], preds[:n])],
                     [bool(t != p) for t, p in zip(labels[:n], preds[:n])],
                     os.path.join(output_dir, "sample_predictions.png"), "Sample predictions (red: wrong)")

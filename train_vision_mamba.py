@@ -32,7 +32,8 @@ from torch.optim import lr_scheduler
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from checkpoints import FORMAT, CheckpointError, checkpoint_config, find_latest_checkpoint, load_checkpoint, save_checkpoint
+from checkpoints import (FORMAT, CheckpointError, checkpoint_config, evaluation_weights, find_latest_checkpoint,
+                         load_checkpoint, save_checkpoint)
 from config import ConfigError, apply_overrides, load_config, model_from_config, parse_value
 from data_pipeline import DataError, create_data_loaders, mix_batch
 from reporting import classification_metrics, plot_confusion_matrix, plot_training_curves, write_json
@@ -362,7 +363,6 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
         torch.backends.cudnn.allow_tf32 = True
 
     data = create_data_loaders(config, device, runtime.rank, runtime.world_size)
-    eval_data = data if not runtime.distributed else create_data_loaders(config, device, 0, 1)
     info, dtype = data.info, amp_dtype(config, device)
     model = build_model(config, info).to(device)
     ema = AveragedModel(model, avg_fn=ema_with_warmup(t.ema_decay), use_buffers=True) if t.ema else None
@@ -429,8 +429,7 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
     def checkpoint_state(epoch, step_in_epoch, partial_sums=None):
         return {"format": FORMAT, "model": model.state_dict(),
                 "ema": ema.state_dict() if ema is not None else None,
-                "ema_model": ema.module.state_dict() if ema is not None else None,
-                "eval_weights": "ema_model" if ema is not None else "model",
+                "eval_weights": "ema" if ema is not None else "model",
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "plateau": plateau.state_dict() if plateau is not None else None, "scaler": scaler.state_dict(),
                 "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
@@ -519,7 +518,7 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
 
             val_metrics = [None]
             if runtime.main:
-                logits, labels = predict(eval_model, eval_data.val, device, dtype, tta=False)
+                logits, labels = predict(eval_model, data.val, device, dtype, tta=False)
                 val_metrics = [loss_and_accuracy(logits, labels)]
             if runtime.distributed:
                 dist.broadcast_object_list(val_metrics, src=0)
@@ -571,7 +570,7 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
         summary["rank_weight_digests"] = digests
     save("final_model.pth", checkpoint_state(len(history), 0))
     if runtime.main:
-        _finish(config, paths, summary, history, data.class_names, eval_data, eval_model, eval_module, device, dtype, tta,
+        _finish(config, paths, summary, history, data.class_names, data, eval_model, eval_module, device, dtype, tta,
                 writer, started, console)
     if runtime.distributed:
         dist.barrier()
@@ -622,14 +621,14 @@ def _stop_requested(signals, runtime, step, interval):
     return bool(flag.item())
 
 
-def _finish(config, paths, summary, history, class_names, eval_data, eval_model, eval_module, device, dtype, tta,
+def _finish(config, paths, summary, history, class_names, data, eval_model, eval_module, device, dtype, tta,
             writer, started, console):
     """Test the best model once, then write the figures, the final log and the hyperparameters."""
     best_path = os.path.join(paths.checkpoints, "best_model.pth")
     if os.path.exists(best_path):
         best = load_checkpoint(best_path)
-        eval_module.load_state_dict(best[best["eval_weights"]])
-    logits, labels = predict(eval_model, eval_data.test, device, dtype, tta=tta)
+        eval_module.load_state_dict(evaluation_weights(best))
+    logits, labels = predict(eval_model, data.test, device, dtype, tta=tta)
     test_loss, test_acc = loss_and_accuracy(logits, labels)
     metrics, cm, _ = classification_metrics(labels.numpy(), logits.argmax(1).numpy(), class_names)
     summary.update(test_loss=test_loss, test_acc=test_acc, test_tta=tta, test_macro_f1=metrics["macro"]["f1"],
