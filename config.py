@@ -81,7 +81,7 @@ class TrainingConfig:
     grad_clip: float = 1.0  # max gradient norm; 0 disables
     label_smoothing: float = 0.1
     amp: str = "auto"  # auto: bf16 on CUDA, off on CPU
-    compile: str = "auto"  # auto: on for CUDA
+    compile: str = "auto"  # auto: off; "on" compiles the model (bf16 + compile diverged on an H200, see README)
     ema: bool = False
     ema_decay: float = 0.999
     early_stopping_patience: int = 0  # epochs without improvement before stopping; 0 disables
@@ -139,19 +139,19 @@ PRESETS = {
     "cifar10": {
         "model": {"model_size": "tiny", "patch_size": 4, "drop_path": 0.1},
         "data": {"dataset": "cifar10", "batch_size": 512, "crop_padding": 4, "val_fraction": 0.1},
-        "training": {"epochs": 60, "lr": 5e-4, "warmup_epochs": 5.0, "weight_decay": 0.05, "label_smoothing": 0.1,
+        "training": {"epochs": 60, "lr": 1e-3, "warmup_epochs": 5.0, "weight_decay": 0.05, "label_smoothing": 0.1,
                      "ema": True, "ema_decay": 0.999, "tta": True},
     },
     "cifar100": {
         "model": {"model_size": "tiny", "patch_size": 4, "drop_path": 0.1},
         "data": {"dataset": "cifar100", "batch_size": 512, "crop_padding": 4, "val_fraction": 0.1},
-        "training": {"epochs": 60, "lr": 5e-4, "warmup_epochs": 5.0, "weight_decay": 0.05, "label_smoothing": 0.1,
+        "training": {"epochs": 60, "lr": 1e-3, "warmup_epochs": 5.0, "weight_decay": 0.05, "label_smoothing": 0.1,
                      "ema": True, "ema_decay": 0.999, "tta": True},
     },
     "fashion_mnist": {
         "model": {"model_size": "tiny", "patch_size": 4, "drop_path": 0.1},
         "data": {"dataset": "fashion_mnist", "batch_size": 512, "crop_padding": 2, "random_erasing": 0.25},
-        "training": {"epochs": 40, "lr": 5e-4, "warmup_epochs": 5.0, "label_smoothing": 0.1, "ema": True, "tta": True},
+        "training": {"epochs": 40, "lr": 1e-3, "warmup_epochs": 5.0, "label_smoothing": 0.1, "ema": True, "tta": True},
     },
     "mnist": {
         "model": {"model_size": "tiny", "patch_size": 4},

@@ -14,12 +14,16 @@ import torch
 import triton
 import triton.language as tl
 
-BLOCK_E = 64
+# Launch shape: channels per program, warps per program, and software-pipelining depth of the
+# token loops (loads of later tokens issued while the recurrence works on the current one).
+BLOCK_E = 64  # measured on an H200 (docs/BENCHMARKS.md): one warp per program and a
+NUM_WARPS = 1  # 3-deep pipeline beat 4 warps by 1.3-1.6x; more programs hide the loop's latency
+STAGES = 3
 
 
 @triton.jit
 def _scan_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr, L, G, E,
-                     N: tl.constexpr, BLOCK_E: tl.constexpr):
+                     N: tl.constexpr, BLOCK_E: tl.constexpr, STAGES: tl.constexpr):
     pid_bg = tl.program_id(0).to(tl.int64)  # one sequence (b, g) per row of the grid
     b, g = pid_bg // G, pid_bg % G
     e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
@@ -28,7 +32,7 @@ def _scan_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr, L, G, 
     A = tl.load(A_ptr + (g * E + e)[:, None] * N + n[None, :], mask=mask_e[:, None], other=0.0)
     D = tl.load(D_ptr + g * E + e, mask=mask_e, other=0.0)
     h = tl.zeros((BLOCK_E, N), dtype=tl.float32)
-    for t in range(L):
+    for t in tl.range(0, L, num_stages=STAGES):
         row = (b * L + t) * G + g  # (b, t, g) in the (B, L, G, .) layouts
         u = tl.load(u_ptr + row * E + e, mask=mask_e, other=0.0).to(tl.float32)
         dt = tl.load(delta_ptr + row * E + e, mask=mask_e, other=0.0).to(tl.float32)
@@ -42,7 +46,7 @@ def _scan_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr, L, G, 
 @triton.jit
 def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, gy_ptr, h_ptr,
                      gu_ptr, gdelta_ptr, gA_ptr, gB_ptr, gC_ptr, gD_ptr, L, G, E,
-                     N: tl.constexpr, BLOCK_E: tl.constexpr):
+                     N: tl.constexpr, BLOCK_E: tl.constexpr, STAGES: tl.constexpr):
     pid_bg = tl.program_id(0).to(tl.int64)
     b, g = pid_bg // G, pid_bg % G
     e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
@@ -53,7 +57,7 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, gy_ptr, h_ptr
     D = tl.load(D_ptr + g * E + e, mask=mask_e, other=0.0)
 
     h = tl.zeros((BLOCK_E, N), dtype=tl.float32)
-    for t in range(L):  # states again, kept for the reverse pass
+    for t in tl.range(0, L, num_stages=STAGES):  # states again, kept for the reverse pass
         row = (b * L + t) * G + g
         u = tl.load(u_ptr + row * E + e, mask=mask_e, other=0.0).to(tl.float32)
         dt = tl.load(delta_ptr + row * E + e, mask=mask_e, other=0.0).to(tl.float32)
@@ -64,7 +68,7 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, gy_ptr, h_ptr
     g_h = tl.zeros((BLOCK_E, N), dtype=tl.float32)  # dL/dh[t], carried backwards
     g_A = tl.zeros((BLOCK_E, N), dtype=tl.float32)
     g_D = tl.zeros((BLOCK_E,), dtype=tl.float32)
-    for i in range(L):
+    for i in tl.range(0, L, num_stages=STAGES):
         t = L - 1 - i
         row = (b * L + t) * G + g
         u = tl.load(u_ptr + row * E + e, mask=mask_e, other=0.0).to(tl.float32)
@@ -99,17 +103,31 @@ def _grid(u):
     return (batch * groups, triton.cdiv(inner, BLOCK_E))
 
 
-def scan_forward(u, delta, A, Bm, Cm, D):
+# Registered as custom operators, so torch.compile treats each kernel as one opaque call on
+# tensors laid out exactly as in eager mode, instead of tracing the launch and choosing its own
+# strides for the buffers the kernels index by hand.
+@torch.library.custom_op("vision_mamba::scan_forward", mutates_args=())
+def scan_forward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tensor,
+                 D: torch.Tensor) -> torch.Tensor:
     """y (B, L, G, E) fp32; inputs may be bf16/fp16/fp32."""
     u, delta, Bm, Cm = (t.contiguous() for t in (u, delta, Bm, Cm))
     A, D = A.float().contiguous(), D.float().contiguous()
     _, length, groups, inner = u.shape
     y = torch.empty(u.shape, dtype=torch.float32, device=u.device)
-    _scan_fwd_kernel[_grid(u)](u, delta, A, Bm, Cm, D, y, length, groups, inner, N=A.shape[-1], BLOCK_E=BLOCK_E)
+    _scan_fwd_kernel[_grid(u)](u, delta, A, Bm, Cm, D, y, length, groups, inner, N=A.shape[-1], BLOCK_E=BLOCK_E,
+                                      STAGES=STAGES, num_warps=NUM_WARPS)
     return y
 
 
-def scan_backward(u, delta, A, Bm, Cm, D, g_y):
+@scan_forward.register_fake
+def _(u, delta, A, Bm, Cm, D):
+    return u.new_empty(u.shape, dtype=torch.float32)
+
+
+@torch.library.custom_op("vision_mamba::scan_backward", mutates_args=())
+def scan_backward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tensor,
+                  D: torch.Tensor, g_y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                               torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients (fp32) for u, delta, A, Bm, Cm, D."""
     u, delta, Bm, Cm, g_y = (t.contiguous() for t in (u, delta, Bm, Cm, g_y))
     A, D = A.float().contiguous(), D.float().contiguous()
@@ -121,5 +139,11 @@ def scan_backward(u, delta, A, Bm, Cm, D, g_y):
     g_A, g_D = torch.zeros(A.shape, **f32), torch.zeros(D.shape, **f32)
     g_B, g_C = torch.zeros(Bm.shape, **f32), torch.zeros(Cm.shape, **f32)
     _scan_bwd_kernel[_grid(u)](u, delta, A, Bm, Cm, D, g_y, states, g_u, g_delta, g_A, g_B, g_C, g_D,
-                               length, groups, inner, N=d_state, BLOCK_E=BLOCK_E)
+                               length, groups, inner, N=d_state, BLOCK_E=BLOCK_E, STAGES=STAGES,
+                               num_warps=NUM_WARPS)
     return g_u, g_delta, g_A, g_B, g_C, g_D
+
+
+@scan_backward.register_fake
+def _(u, delta, A, Bm, Cm, D, g_y):
+    return tuple(t.new_empty(t.shape, dtype=torch.float32) for t in (u, delta, A, Bm, Cm, D))

@@ -7,11 +7,12 @@
 The data are 50,000 random uint8 32x32x3 images with 10 labels, fed through the project's own
 loader (`data_pipeline.create_data_loaders`: GPU-resident on CUDA, with random crop, flip and
 normalisation per batch) into the training step the training script runs (bf16 autocast on
-CUDA, label-smoothed cross-entropy, gradient clipping, fused AdamW, compiled model on CUDA).
+CUDA, label-smoothed cross-entropy, gradient clipping, fused AdamW; --compile compiles the model).
 
 Reported per configuration: img/s over the timed steps, step time, the part of it spent producing
-batches (timed separately over the same number of batches), peak GPU memory and compile time
-(the first step). Prints a table and appends JSON rows to --json.
+batches (timed separately over the same number of batches), model FLOP utilisation (FLOPs of a
+step as torch.utils.flop_counter counts them, over step time, against --peak_tflops), peak GPU
+memory and compile time (the first step). Prints a table and appends JSON rows to --json.
 """
 import argparse
 import json
@@ -22,6 +23,8 @@ from unittest import mock
 
 import numpy as np
 import torch
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data_pipeline  # noqa: E402
@@ -56,13 +59,13 @@ def bench(args, device, size, block_type, batch_size):
     optimizer = torch.optim.AdamW(model.param_groups(t.weight_decay), lr=t.lr, fused=device.type == "cuda")
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
     dtype = amp_dtype(config, device)
-    use_compile = args.compile if args.compile is not None else device.type == "cuda"
+    use_compile = bool(args.compile)  # eager by default, as training.compile=auto
     step_model = torch.compile(model) if use_compile else model
 
-    def step(images, labels):
+    def step(images, labels, net=step_model):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            logits = step_model(images)
+            logits = net(images)
         loss = criterion(logits.float(), labels)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
@@ -72,6 +75,11 @@ def bench(args, device, size, block_type, batch_size):
     batches = data.train.batches()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    # FLOPs of one step as torch's FlopCounterMode counts them (matmuls, convolutions, attention;
+    # forward and backward), on the eager model; the scan's elementwise recurrence is not counted
+    with FlopCounterMode(display=False) as counter:
+        step(*next(batches), net=model)
+    flops_per_step = counter.get_total_flops()
     start = time.perf_counter()
     step(*next(batches))
     synchronize(device)
@@ -85,6 +93,16 @@ def bench(args, device, size, block_type, batch_size):
     synchronize(device)
     step_s = (time.perf_counter() - start) / args.steps
 
+    if args.profile:  # where the step's time goes, kernel by kernel
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            for _ in range(3):
+                step(*next(batches))
+            synchronize(device)
+        sort_key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(f"# {size} {block_type} batch {batch_size}: 3 steps, top kernels by {sort_key}")
+        print(prof.key_averages().table(sort_by=sort_key, row_limit=15, max_name_column_width=60))
+
     data.train.set_epoch(1)  # the data path alone, same number of batches
     batches = data.train.batches()
     start = time.perf_counter()
@@ -97,7 +115,8 @@ def bench(args, device, size, block_type, batch_size):
     return {"kind": "train_e2e", "size": size, "block_type": block_type, "batch_size": batch_size,
             "params_m": round(count_parameters(model) / 1e6, 2), "img_per_s": round(batch_size / step_s, 1),
             "step_ms": round(step_s * 1e3, 2), "data_ms": round(data_s * 1e3, 3),
-            "data_fraction": round(data_s / step_s, 4), "compile_s": round(compile_s, 1), "compiled": use_compile,
+            "data_fraction": round(data_s / step_s, 4), "gflop_per_step": round(flops_per_step / 1e9, 1),
+            "mfu": float(f"{flops_per_step / step_s / (args.peak_tflops * 1e12):.4g}"), "peak_tflops": args.peak_tflops, "compile_s": round(compile_s, 1), "compiled": use_compile,
             "peak_mem_mib": peak, "resident": data.resident, "torch": torch.__version__,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "date": time.strftime("%Y-%m-%d")}
@@ -112,7 +131,10 @@ def main():
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 50 on CUDA, 3 on CPU)")
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--num_images", type=int, default=50_000)
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="default: on for CUDA")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="compile the model (off by default, as in training)")
+    parser.add_argument("--peak_tflops", type=float, default=790.0,
+                        help="the GPU's bf16 matmul rate the MFU is measured against (H200: about 790, measured)")
+    parser.add_argument("--profile", action="store_true", help="also print the top kernels of 3 steps (torch.profiler)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -130,7 +152,7 @@ def main():
                 row = bench(args, device, size, block_type, batch_size)
                 rows.append(row)
                 print(f"{size:<6} {block_type:<10} batch {batch_size:<5} {row['img_per_s']:10.1f} img/s  step {row['step_ms']:8.2f} ms  "
-                      f"data {row['data_ms']:7.3f} ms ({row['data_fraction']:.1%})  compile {row['compile_s']:.1f}s  "
+                      f"data {row['data_ms']:7.3f} ms ({row['data_fraction']:.1%})  MFU {row['mfu']:.1%}  compile {row['compile_s']:.1f}s  "
                       f"peak {row['peak_mem_mib']} MiB", flush=True)
                 if args.json:
                     with open(args.json, "a") as f:

@@ -1,6 +1,8 @@
 """The benchmark scripts run on the CPU (CI has no GPU) and write well-formed JSON rows."""
 import json
 
+import pytest
+
 from helpers import run_script
 
 
@@ -20,8 +22,25 @@ def test_bench_model_runs_and_writes_rows(tmp_path):
 def test_bench_train_runs_the_real_data_path(tmp_path):
     out = tmp_path / "rows.jsonl"
     result = run_script("benchmarks/bench_train.py", ["--device", "cpu", "--num_images", "300", "--block_types", "ssm",
-                                                      "--batch_sizes", "8", "--steps", "1", "--warmup", "0", "--json", str(out)])
+                                                      "--batch_sizes", "8", "--steps", "1", "--warmup", "0", "--profile",
+                                                      "--json", str(out)])
     assert result.returncode == 0, result.stderr[-2000:]
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert row["block_type"] == "ssm" and row["batch_size"] == 8 and row["img_per_s"] > 0
+    assert "top kernels by self_cpu_time_total" in result.stdout and "aten::" in result.stdout
     assert 0 < row["data_fraction"] < 10 and row["step_ms"] > 0
+    # forward + backward of the matmuls alone is at least 6 x params x images per step
+    assert row["gflop_per_step"] * 1e9 >= 6 * row["params_m"] * 1e6 * 8 * 0.5 and row["mfu"] > 0
+
+
+def test_scan_kernel_tuner_checks_every_launch_variant(tmp_path):
+    # on the CPU the Triton kernels run in Triton's interpreter; masked channel blocks (E=40) included
+    pytest.importorskip("triton")
+    out = tmp_path / "rows.jsonl"
+    result = run_script("benchmarks/tune_scan_kernels.py", ["--shapes", "2,5,2,40,4", "--block_e", "16", "32", "--warps", "1",
+                                                            "--stages", "1", "2", "--iters", "1", "--json", str(out)],
+                        env={"TRITON_INTERPRET": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {(r["block_e"], r["stages"]) for r in rows} == {(16, 1), (16, 2), (32, 1), (32, 2)}
+    assert all(r["agrees"] and r["fwd_ms"] > 0 and r["bwd_ms"] > 0 for r in rows)

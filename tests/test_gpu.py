@@ -50,3 +50,21 @@ def test_compiled_gradients_equal_eager_gradients():
     torch.compile(model)(x).square().mean().backward()
     for name, p in model.named_parameters():
         assert rel_err(p.grad, eager[name]) < 1e-3, name
+
+
+@pytest.mark.xfail(reason="inductor under bf16 drifts from eager (pytorch/pytorch#168126, #168186; seen on torch "
+                          "2.11): why training.compile defaults to off", strict=False)
+def test_compiled_eval_over_changing_batch_sizes_equals_eager():
+    # evaluation ends on a partial batch, so the compiled model meets new (dynamic) batch sizes;
+    # under bf16 the compiled model must be as close to the fp32 result as eager bf16 is
+    torch.manual_seed(0)
+    model = create_model("tiny", depth=2).cuda().eval()
+    compiled = torch.compile(model)
+    with torch.no_grad():
+        for batch in (64, 37, 64, 5, 100, 37):
+            x = torch.randn(batch, 3, 32, 32, device="cuda")
+            exact = model(x)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                fast, eager = compiled(x).float(), model(x).float()
+            assert torch.isfinite(fast).all()
+            assert rel_err(fast, exact) < 2 * rel_err(eager, exact) + 1e-3, (batch, rel_err(fast, exact), rel_err(eager, exact))

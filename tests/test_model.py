@@ -239,6 +239,10 @@ def test_fused_triton_kernels_match_the_reference_in_the_interpreter():
         "    g_y = torch.randn_like(y)\n"
         "    for g, g_ref in zip(k.scan_backward(*inputs, g_y), torch.autograd.grad(y_ref, ref, g_y.double())):\n"
         "        assert rel_err(g, g_ref) < 1e-4, rel_err(g, g_ref)\n"
+        "    # the custom-operator registration (schema, fake tensors, no hidden mutation) that\n"
+        "    # torch.compile relies on\n"
+        "    torch.library.opcheck(k.scan_forward, inputs)\n"
+        "    torch.library.opcheck(k.scan_backward, inputs + [g_y])\n"
         "print('ok')\n")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([root, os.path.join(root, "tests")])}
