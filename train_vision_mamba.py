@@ -496,9 +496,7 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
                     if int(bad_step) >= 0:
                         raise TrainingDiverged(
                             f"loss became NaN/Inf at epoch {epoch + 1}, step {int(bad_step) + 1} "
-                            f"({locate_nonfinite(model, images, device, dtype)}); usual remedies: lower "
-                            "--lr, raise training.warmup_epochs, keep training.grad_clip > 0, use --set training.amp=bf16 "
-                            "instead of fp16, or resume from an earlier checkpoint")
+                            f"({locate_nonfinite(model, images, device, dtype)}); {divergence_remedies(use_compile, dtype)}")
                     if show_bar and (step + 1) % config.logging.log_interval == 0:
                         seen = max(sums["seen"].item(), 1)
                         bar.set_postfix(loss=f"{sums['loss'].item() / seen:.4f}", acc=f"{sums['correct'].item() / seen:.3f}",
@@ -577,6 +575,14 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
     if runtime.distributed:
         dist.barrier()
     return summary
+
+
+def divergence_remedies(compiled, amp_dtype):
+    remedies = ["lower --lr", "raise training.warmup_epochs", "keep training.grad_clip > 0",
+                "use --set training.amp=bf16 instead of fp16", "or resume from an earlier checkpoint"]
+    if compiled and amp_dtype is not None:  # the cause of every divergence we measured (docs/RESULTS.md)
+        remedies.insert(0, "--set training.compile=off (compiled mixed-precision training diverged in our tests)")
+    return "usual remedies: " + ", ".join(remedies)
 
 
 @torch.no_grad()

@@ -125,7 +125,16 @@ def test_nan_loss_stops_with_epoch_and_step_and_never_saves_a_best_model(tmp_pat
     err = capsys.readouterr().err
     assert "NaN/Inf" in err and "epoch 1, step" in err and "lower --lr" in err
     assert "non-finite weights in " in err  # where it went wrong, for the bug report
+    assert "training.compile=off" not in err  # an eager run is not told to stop compiling
     assert not (tmp_path / "checkpoints" / "vision_mamba_digits" / "best_model.pth").exists()
+
+
+def test_divergence_remedies_name_compilation_first_only_for_compiled_mixed_precision():
+    assert train_vision_mamba.divergence_remedies(True, torch.bfloat16).startswith(
+        "usual remedies: --set training.compile=off")
+    for compiled, dtype in [(True, None), (False, torch.bfloat16), (False, None)]:
+        remedies = train_vision_mamba.divergence_remedies(compiled, dtype)
+        assert "compile" not in remedies and "lower --lr" in remedies
 
 
 def test_divergence_report_names_the_first_module_with_non_finite_output():
