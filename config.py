@@ -19,6 +19,7 @@ AUTO_AUGMENTS = ("none", "randaugment", "trivialaugment")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 DEVICES = ("auto", "cpu", "cuda")
 SWITCHES = ("auto", "on", "off")
+COMPILE_MODES = ("auto", "on", "off", "regional")
 MONITORS = ("val_acc", "val_loss")
 
 
@@ -81,7 +82,7 @@ class TrainingConfig:
     grad_clip: float = 1.0  # max gradient norm; 0 disables
     label_smoothing: float = 0.1
     amp: str = "auto"  # auto: bf16 on CUDA, off on CPU
-    compile: str = "auto"  # auto: off; "on" compiles the model (bf16 + compile diverged on an H200, see README)
+    compile: str = "auto"  # auto = off; on: the whole model; regional: all but the SSM layers (see README)
     ema: bool = False
     ema_decay: float = 0.999
     early_stopping_patience: int = 0  # epochs without improvement before stopping; 0 disables
@@ -330,7 +331,7 @@ def validate(config):
     _require(t.grad_clip >= 0, f"training.grad_clip must be >= 0, got {t.grad_clip}")
     _require(0 <= t.label_smoothing < 1, f"training.label_smoothing must be in [0, 1), got {t.label_smoothing}")
     _one_of("training.amp", t.amp, AMP_MODES)
-    _one_of("training.compile", t.compile, SWITCHES)
+    _one_of("training.compile", t.compile, COMPILE_MODES)
     _require(0 < t.ema_decay < 1, f"training.ema_decay must be in (0, 1), got {t.ema_decay}")
     _require(t.early_stopping_patience >= 0, f"training.early_stopping_patience must be >= 0, got {t.early_stopping_patience}")
     _require(t.early_stopping_min_delta >= 0, f"training.early_stopping_min_delta must be >= 0, got {t.early_stopping_min_delta}")
