@@ -23,10 +23,12 @@ def test_bench_train_runs_the_real_data_path(tmp_path):
     out = tmp_path / "rows.jsonl"
     result = run_script("benchmarks/bench_train.py", ["--device", "cpu", "--num_images", "300", "--block_types", "ssm",
                                                       "--batch_sizes", "8", "--steps", "1", "--warmup", "0", "--profile",
+                                                      "--compile", "regional",
                                                       "--json", str(out)])
     assert result.returncode == 0, result.stderr[-2000:]
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert row["block_type"] == "ssm" and row["batch_size"] == 8 and row["img_per_s"] > 0
+    assert row["compile_mode"] == "regional"
     assert "top kernels by self_cpu_time_total" in result.stdout and "aten::" in result.stdout
     assert 0 < row["data_fraction"] < 10 and row["step_ms"] > 0
     # forward + backward of the matmuls alone is at least 6 x params x images per step
