@@ -95,7 +95,7 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, gy_ptr, h_ptr
     tl.atomic_add(gD_ptr + g * E + e, g_D, mask=mask_e)
 
 
-def supports(u, d_state):
+def supports(d_state):
     """The kernels need a power-of-two state size (tl.arange) of at most 64."""
     return d_state & (d_state - 1) == 0 and 1 <= d_state <= 64
 

@@ -378,7 +378,6 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
     # "auto" means eager: under bf16 autocast the inductor-compiled hybrid drifted from eager and
     # diverged in all 5 CIFAR-10 runs made so; eager (and compiled fp32) trained stably (docs/RESULTS.md)
-    use_compile = t.compile == "on"
     compile_mode = t.compile if t.compile in ("on", "regional") else "off"
     compiled = compile_mode != "off"
 
@@ -407,14 +406,14 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
     if runtime.distributed:
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    if t.compile == "regional":
+    if compile_mode == "regional":
         compile_all_but_ssm(model)
         if ema is not None:
             compile_all_but_ssm(ema.module)
-    if use_compile:
+    if compile_mode == "on":
         train_model = torch.compile(train_model)
     eval_module = ema.module if ema is not None else model
-    eval_model = torch.compile(eval_module) if use_compile else eval_module
+    eval_model = torch.compile(eval_module) if compile_mode == "on" else eval_module
     tta = t.tta and info.hflip
 
     summary = {"config": config.to_dict(), "environment": environment(device, runtime),

@@ -129,7 +129,7 @@ except ImportError:  # CPU-only installs may lack Triton
 
 def _use_fused_kernels(u, d_state):
     return (u.is_cuda and SCAN_BACKEND != "torch" and _triton_scan is not None
-            and _triton_scan.supports(u, d_state))
+            and _triton_scan.supports(d_state))
 
 
 def _autocast_off(device):

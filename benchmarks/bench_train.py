@@ -32,6 +32,8 @@ from config import apply_overrides, get_preset  # noqa: E402
 from train_vision_mamba import amp_dtype, build_model, compile_all_but_ssm  # noqa: E402
 from vision_mamba import BLOCK_TYPES, MODEL_SIZES, count_parameters  # noqa: E402
 
+from bench_model import synchronize  # noqa: E402  (this folder is on sys.path when a script runs)
+
 
 def synthetic_cifar(num_train, seed=0):
     rng = np.random.default_rng(seed)
@@ -40,11 +42,6 @@ def synthetic_cifar(num_train, seed=0):
         return data_pipeline.ArraySplit(torch.from_numpy(rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)),
                                         torch.from_numpy(rng.integers(0, 10, n)).long())
     return split(num_train), split(1000), [str(i) for i in range(10)]
-
-
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def bench(args, device, size, block_type, batch_size):

@@ -22,6 +22,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import selective_scan_triton as kernels  # noqa: E402
 
+from bench_model import timed  # noqa: E402  (this folder is on sys.path when a script runs)
+
 
 def scan_inputs(batch, length, groups, inner, d_state, device):
     gen = torch.Generator(device=device).manual_seed(0)
@@ -34,20 +36,6 @@ def scan_inputs(batch, length, groups, inner, d_state, device):
     D = torch.ones(groups, inner, device=device)
     g_y = torch.randn(batch, length, groups, inner, generator=gen, device=device)
     return (u, delta, A, Bm, Cm, D), g_y
-
-
-def median_ms(fn, device, iters):
-    fn()  # compile / warm up
-    times = []
-    for _ in range(iters):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return sorted(times)[len(times) // 2]
 
 
 def close(a, b):
@@ -75,8 +63,9 @@ def main():
             y, grads = kernels.scan_forward(*inputs), kernels.scan_backward(*inputs, g_y)
             reference = reference or (y, grads)
             agrees = close(y, reference[0]) and all(close(g, r) for g, r in zip(grads, reference[1]))
-            fwd = median_ms(lambda: kernels.scan_forward(*inputs), device, args.iters)
-            bwd = median_ms(lambda: kernels.scan_backward(*inputs, g_y), device, args.iters)
+            # one warm-up call compiles the variant; then the median of args.iters calls
+            fwd = timed(lambda: kernels.scan_forward(*inputs), device, 1, args.iters) * 1e3
+            bwd = timed(lambda: kernels.scan_backward(*inputs, g_y), device, 1, args.iters) * 1e3
             row = {"kind": "scan_kernels", "shape_BLGEN": shape, "block_e": block_e, "warps": warps, "stages": stages,
                    "fwd_ms": round(fwd, 4), "bwd_ms": round(bwd, 4), "agrees": agrees, "torch": torch.__version__,
                    "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (interpreter)",
