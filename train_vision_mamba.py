@@ -220,12 +220,20 @@ def amp_dtype(config, device):
 
 
 def ema_with_warmup(decay):
-    """EMA whose decay ramps up as (1 + n) / (10 + n) to `decay`: early averages follow the
-    weights instead of the random init (a fixed 0.999 needs ~1000 steps to forget it)."""
-    def average(averaged, current, num_averaged):
-        d = min(decay, (1 + num_averaged) / (10 + num_averaged))
-        return averaged * d + current * (1 - d)
-    return average
+    """AveragedModel's multi_avg_fn: an EMA whose decay ramps up as (1 + n) / (10 + n) to `decay`,
+    so early averages follow the weights instead of the random init (a fixed 0.999 needs ~1000
+    steps to forget it). The decay stays a device tensor and the update is a few foreach kernels:
+    a per-parameter avg_fn that compared the decay on the host synchronised the GPU ~150 times a
+    step and cut training from ~7,000 to ~4,300 img/s on an H200."""
+    @torch.no_grad()
+    def update(averaged, current, num_averaged):
+        if not torch.is_floating_point(averaged[0]):  # integer buffers (BatchNorm's batch counter)
+            torch._foreach_copy_(averaged, current)
+            return
+        d = ((1 + num_averaged) / (10 + num_averaged)).clamp(max=decay).to(averaged[0].dtype)
+        torch._foreach_mul_(averaged, d)
+        torch._foreach_add_(averaged, torch._foreach_mul(current, 1 - d))
+    return update
 
 
 class EarlyStopping:
@@ -365,7 +373,7 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
     data = create_data_loaders(config, device, runtime.rank, runtime.world_size)
     info, dtype = data.info, amp_dtype(config, device)
     model = build_model(config, info).to(device)
-    ema = AveragedModel(model, avg_fn=ema_with_warmup(t.ema_decay), use_buffers=True) if t.ema else None
+    ema = AveragedModel(model, multi_avg_fn=ema_with_warmup(t.ema_decay), use_buffers=True) if t.ema else None
     lr = effective_lr(config, runtime.world_size)
     optimizer = torch.optim.AdamW(model.param_groups(t.weight_decay), lr=lr, betas=t.betas,
                                   fused=device.type == "cuda")

@@ -216,3 +216,26 @@ def test_regional_compile_trains_like_eager_and_is_logged(tmp_path):
     # AdamW turns rounding noise into lr-sized steps that differ between compiled and eager code
     for key in a:
         assert torch.allclose(a[key], b[key], rtol=1e-3, atol=1e-4), key
+
+
+def test_ema_follows_its_warmup_formula_and_copies_integer_buffers():
+    from torch.optim.swa_utils import AveragedModel
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
+    ema = AveragedModel(model, multi_avg_fn=train_vision_mamba.ema_with_warmup(0.5), use_buffers=True)
+    expected = None
+    for n in range(20):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        model(torch.randn(4, 3))
+        ema.update_parameters(model)
+        current = [p.detach().clone() for p in model.parameters()]
+        if expected is None:  # the first update copies the weights
+            expected = current
+        else:  # decay (1 + n) / (10 + n) ramps up, then is capped at 0.5 from n = 8 on
+            decay = min(0.5, (1 + n) / (10 + n))
+            expected = [e * decay + c * (1 - decay) for e, c in zip(expected, current)]
+    for e, p in zip(expected, ema.module.parameters()):
+        torch.testing.assert_close(p, e)
+    assert int(ema.module[1].num_batches_tracked) == int(model[1].num_batches_tracked) == 20
