@@ -4,8 +4,7 @@ Triton ships with PyTorch's CUDA builds and compiles these kernels just in time:
 CUDA build. Like Mamba's own kernel, each program keeps the (BLOCK_E, N) state of one sequence
 in registers and walks the tokens in order, so the (B, L, G, E, N) states never travel through
 GPU memory in the forward pass. The backward pass recomputes the states once into a scratch
-buffer, then runs the adjoint recurrence in reverse, reading each state once (the state of
-step t is carried over from step t+1's read of its predecessor):
+buffer, then runs the adjoint recurrence in reverse:
     g_h[t] = exp(delta[t+1] A) g_h[t+1] + Cm[t] g_y[t]
 Shapes and semantics are those of `vision_mamba.selective_scan_ref`: u, delta (B, L, G, E);
 A (G, E, N); Bm, Cm (B, L, G, N); D (G, E); all arithmetic in fp32.
@@ -66,7 +65,6 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, gy_ptr, h_ptr
         h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bt[None, :]
         tl.store(h_ptr + (row * E + e)[:, None] * N + n[None, :], h, mask=mask_en)
 
-    h_t = h  # the last state is still in registers; each earlier one is read once, as h_prev
     g_h = tl.zeros((BLOCK_E, N), dtype=tl.float32)  # dL/dh[t], carried backwards
     g_A = tl.zeros((BLOCK_E, N), dtype=tl.float32)
     g_D = tl.zeros((BLOCK_E,), dtype=tl.float32)
@@ -78,6 +76,7 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, gy_ptr, h_ptr
         Bt = tl.load(B_ptr + row * N + n).to(tl.float32)
         Ct = tl.load(C_ptr + row * N + n).to(tl.float32)
         gy = tl.load(gy_ptr + row * E + e, mask=mask_e, other=0.0).to(tl.float32)
+        h_t = tl.load(h_ptr + (row * E + e)[:, None] * N + n[None, :], mask=mask_en, other=0.0)
         h_prev = tl.load(h_ptr + ((row - G) * E + e)[:, None] * N + n[None, :], mask=mask_en & (t > 0), other=0.0)
         decay = tl.exp(dt[:, None] * A)
         g_h += Ct[None, :] * gy[:, None]
@@ -90,7 +89,6 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, gy_ptr, h_ptr
         g_A += g_log_decay * dt[:, None]
         g_D += gy * u
         g_h = g_h * decay
-        h_t = h_prev
     tl.atomic_add(gA_ptr + (g * E + e)[:, None] * N + n[None, :], g_A, mask=mask_en)
     tl.atomic_add(gD_ptr + g * E + e, g_D, mask=mask_e)
 
