@@ -19,7 +19,7 @@ AUTO_AUGMENTS = ("none", "randaugment", "trivialaugment")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 DEVICES = ("auto", "cpu", "cuda")
 SWITCHES = ("auto", "on", "off")
-COMPILE_MODES = ("auto", "on", "off", "regional")
+COMPILE_MODES = ("auto", "on", "off", "regional", "all_but_attention")
 MONITORS = ("val_acc", "val_loss")
 
 
@@ -82,7 +82,7 @@ class TrainingConfig:
     grad_clip: float = 1.0  # max gradient norm; 0 disables
     label_smoothing: float = 0.1
     amp: str = "auto"  # auto: bf16 on CUDA, off on CPU
-    compile: str = "auto"  # auto = off; on: the whole model; regional: all but the SSM layers (see README)
+    compile: str = "auto"  # auto = off; on: the whole model; regional: all but the SSM layers; all_but_attention (see README)
     ema: bool = False
     ema_decay: float = 0.999
     early_stopping_patience: int = 0  # epochs without improvement before stopping; 0 disables

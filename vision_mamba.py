@@ -52,7 +52,7 @@ MODEL_SIZES = {
     "large": ModelSize(embed_dim=1024, depth=18, num_heads=16, d_state=16, d_conv=4, expand=1, mlp_ratio=4.0, approx_params_m=298.66),
 }
 BLOCK_TYPES = ("hybrid", "ssm", "attention")
-STEMS = ("conv", "patch")
+STEMS = ("conv", "conv3", "patch")
 
 # ------------------------------------------------------------------------------------------
 # Selective scan.
@@ -210,24 +210,32 @@ def selective_scan(u, delta, A, Bm, Cm, D):
 
 
 class PatchEmbed(nn.Module):
-    """Image (B, C, H, W) -> tokens (B, L, D). 'conv' stem: a 3x3 conv (D/2 channels, BN, GELU)
-    before the patchifying conv, which gives the tokens local edges to work with on small images."""
+    """Image (B, C, H, W) -> tokens (B, L, D), L = (H/p) * (W/p).
+
+    Stems, cheapest first:
+      'patch'  a p x p patchifying conv alone (ViT);
+      'conv'   a 3x3 conv (D/2 channels, BN, GELU) before the patchifying conv, which gives the
+               tokens local edges to work with on small images;
+      'conv3'  two 3x3 convs (D/4 channels at full size, then D/2 at stride 2) before a p/2 x p/2
+               patchifying conv: the 'early convolutions' of hybrid ViTs (CCT, Xiao et al. 2021),
+               same token count, fewer multiply-adds than 'conv' (needs an even patch size).
+    """
 
     def __init__(self, img_size, patch_size, in_chans, embed_dim, stem):
         super().__init__()
         if img_size % patch_size:
             raise ValueError(f"img_size {img_size} is not divisible by patch_size {patch_size}")
         self.num_patches = (img_size // patch_size) ** 2
-        if stem == "conv":
-            self.stem = nn.Sequential(
-                nn.Conv2d(in_chans, embed_dim // 2, 3, padding=1, bias=False),
-                nn.BatchNorm2d(embed_dim // 2),
-                nn.GELU(),
-            )
-            patch_in = embed_dim // 2
-        elif stem == "patch":
-            self.stem = nn.Identity()
-            patch_in = in_chans
+        if stem == "patch":
+            self.stem, patch_in = nn.Identity(), in_chans
+        elif stem == "conv":
+            self.stem, patch_in = conv_bn_gelu(in_chans, embed_dim // 2), embed_dim // 2
+        elif stem == "conv3":
+            if patch_size % 2:
+                raise ValueError(f"stem 'conv3' halves the image before patchifying: patch_size must be even, got {patch_size}")
+            self.stem = nn.Sequential(conv_bn_gelu(in_chans, embed_dim // 4),
+                                      conv_bn_gelu(embed_dim // 4, embed_dim // 2, stride=2))  # (B, D/2, H/2, W/2)
+            patch_in, patch_size = embed_dim // 2, patch_size // 2
         else:
             raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
         self.proj = nn.Conv2d(patch_in, embed_dim, patch_size, stride=patch_size)
@@ -235,6 +243,11 @@ class PatchEmbed(nn.Module):
     def forward(self, x):
         x = self.proj(self.stem(x))  # (B, D, H/p, W/p)
         return x.flatten(2).transpose(1, 2)  # (B, L, D)
+
+
+def conv_bn_gelu(in_channels, out_channels, stride=1):
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+                         nn.BatchNorm2d(out_channels), nn.GELU())
 
 
 class BidirectionalSSM(nn.Module):

@@ -7,7 +7,7 @@
 The data are 50,000 random uint8 32x32x3 images with 10 labels, fed through the project's own
 loader (`data_pipeline.create_data_loaders`: GPU-resident on CUDA, with random crop, flip and
 normalisation per batch) into the training step the training script runs (bf16 autocast on
-CUDA, label-smoothed cross-entropy, gradient clipping, fused AdamW; --compile on|regional as in training).
+CUDA, label-smoothed cross-entropy, gradient clipping, fused AdamW; --compile on|regional|all_but_attention as in training).
 
 Reported per configuration: img/s over the timed steps, step time, the part of it spent producing
 batches (timed separately over the same number of batches), model FLOP utilisation (FLOPs of a
@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data_pipeline  # noqa: E402
 from config import apply_overrides, get_preset  # noqa: E402
-from train_vision_mamba import amp_dtype, build_model, compile_all_but_ssm  # noqa: E402
+from train_vision_mamba import amp_dtype, build_model, compile_model  # noqa: E402
 from vision_mamba import BLOCK_TYPES, MODEL_SIZES, count_parameters  # noqa: E402
 
 from bench_model import synchronize  # noqa: E402  (this folder is on sys.path when a script runs)
@@ -74,9 +74,7 @@ def bench(args, device, size, block_type, batch_size):
     with FlopCounterMode(display=False) as counter:
         step(*next(batches), model)
     flops_per_step = counter.get_total_flops()
-    if args.compile == "regional":
-        compile_all_but_ssm(model)
-    step_model = torch.compile(model) if args.compile == "on" else model
+    step_model = compile_model(model, args.compile)
     start = time.perf_counter()
     step(*next(batches), step_model)
     synchronize(device)
@@ -128,8 +126,8 @@ def main():
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 50 on CUDA, 3 on CPU)")
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--num_images", type=int, default=50_000)
-    parser.add_argument("--compile", choices=("off", "on", "regional"), default="off",
-                        help="as training.compile: off (the default), the whole model, or all but the SSM layers")
+    parser.add_argument("--compile", choices=("off", "on", "regional", "all_but_attention"), default="off",
+                        help="as training.compile: off (the default), the whole model, all but the SSM layers, or all but attention")
     parser.add_argument("--peak_tflops", type=float, default=790.0,
                         help="the GPU's bf16 matmul rate the MFU is measured against (H200: about 790, measured)")
     parser.add_argument("--profile", action="store_true", help="also print the top kernels of 3 steps (torch.profiler)")

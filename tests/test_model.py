@@ -61,6 +61,23 @@ def test_block_type_pattern_and_bad_values():
         create_model("huge")
 
 
+@pytest.mark.parametrize("stem", vm.STEMS)
+def test_every_stem_gives_the_same_tokens_and_trains(stem):
+    model = create_model("tiny", depth=1, img_size=28, in_chans=1, patch_size=4, stem=stem)
+    tokens = model.patch_embed(torch.randn(3, 1, 28, 28))
+    assert tokens.shape == (3, 49, MODEL_SIZES["tiny"].embed_dim)
+    model(torch.randn(3, 1, 28, 28)).sum().backward()
+    assert all(p.grad is not None for p in model.patch_embed.parameters())
+
+
+def test_conv3_stem_needs_an_even_patch_and_conv_keeps_its_checkpoint_keys():
+    with pytest.raises(ValueError, match="patch_size must be even"):
+        create_model("tiny", img_size=33, patch_size=3, stem="conv3")
+    keys = {k for k in create_model("tiny", depth=1, stem="conv").state_dict() if k.startswith("patch_embed.")}
+    # names checkpoints written before the stems were factored out carry
+    assert {"patch_embed.stem.0.weight", "patch_embed.stem.1.running_mean", "patch_embed.proj.weight"} <= keys
+
+
 def random_scan_inputs(batch, length, groups, inner, d_state, delta_scale=1.0, seed=0):
     gen = torch.Generator().manual_seed(seed)
     u = torch.randn(batch, length, groups, inner, generator=gen)
