@@ -7,6 +7,7 @@ import glob
 import os
 import pickle
 import re
+import shutil
 import zipfile
 
 import torch
@@ -43,6 +44,21 @@ def atomic_write(path, write):
 
 def save_checkpoint(state, path):
     atomic_write(path, lambda f: torch.save(state, f))
+
+
+def link_checkpoint(source, path):
+    """path becomes the file source is now (a hard link; a copy where links are not supported),
+    replaced atomically. Saving over source later writes a new file, so path keeps this one."""
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp{os.getpid()}")
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def load_checkpoint(path, map_location="cpu"):

@@ -33,7 +33,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from checkpoints import (FORMAT, CheckpointError, checkpoint_config, evaluation_weights, find_latest_checkpoint,
-                         load_checkpoint, save_checkpoint)
+                         link_checkpoint, load_checkpoint, save_checkpoint)
 from config import ConfigError, apply_overrides, load_config, model_from_config, parse_value
 from data_pipeline import DataError, create_data_loaders, mix_batch
 from reporting import classification_metrics, plot_confusion_matrix, plot_training_curves, write_json
@@ -454,6 +454,10 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
         if runtime.main:
             save_checkpoint(state, os.path.join(paths.checkpoints, name))
 
+    def link(source, name):
+        if runtime.main:
+            link_checkpoint(os.path.join(paths.checkpoints, source), os.path.join(paths.checkpoints, name))
+
     show_bar = config.logging.progress_bar and runtime.main
     check_every = 1 if device.type == "cpu" else config.logging.log_interval
     stop_reason, first_step_s = None, None
@@ -543,12 +547,12 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
             if is_best:
                 best_epoch = epoch + 1
             start_step = 0
-            state = checkpoint_state(epoch + 1, 0)
+            # one serialisation an epoch (~100 MB for tiny): best and periodic checkpoints link to it
+            save("last_checkpoint.pth", checkpoint_state(epoch + 1, 0))
             if is_best:
-                save("best_model.pth", state)
-            save("last_checkpoint.pth", state)
+                link("last_checkpoint.pth", "best_model.pth")
             if config.logging.save_every and (epoch + 1) % config.logging.save_every == 0:
-                save(f"checkpoint_epoch_{epoch + 1}.pth", state)
+                link("last_checkpoint.pth", f"checkpoint_epoch_{epoch + 1}.pth")
                 if runtime.main:
                     _prune_epoch_checkpoints(paths.checkpoints, config.logging.keep_last)
             if runtime.main:

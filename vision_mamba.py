@@ -327,12 +327,15 @@ class DropPath(nn.Module):
     def __init__(self, prob):
         super().__init__()
         self.prob = prob
+        # a tensor, not a float: torch.compile would specialise each block's graph on its own
+        # probability and recompile once per block (non-persistent: not in checkpoints)
+        self.register_buffer("keep_prob", torch.tensor(1.0 - prob), persistent=False)
 
     def forward(self, x):
         if self.prob == 0.0 or not self.training:
             return x
-        keep = x.new_empty(x.shape[0], *([1] * (x.ndim - 1))).bernoulli_(1 - self.prob)
-        return x * keep / (1 - self.prob)
+        keep = torch.rand(x.shape[0], *([1] * (x.ndim - 1)), device=x.device) < self.keep_prob  # (B, 1, 1)
+        return x * (keep / self.keep_prob).to(x.dtype)
 
 
 class Block(nn.Module):

@@ -178,6 +178,21 @@ def test_corrupt_image_is_named_and_exits_2(tmp_path, resident, capsys):
     assert len(err) == 1 and str(bad) in err[0]
 
 
+def test_image_folder_decoded_by_worker_processes_equals_in_process(tmp_path, monkeypatch):
+    import data_pipeline
+    write_image_folder(str(tmp_path / "tree"), ("train",), size=12)
+    folder = data_pipeline._ImageFolderChecked(str(tmp_path / "tree" / "train"))
+    alone = data_pipeline.decode_image_folder(folder, 8, workers=1)
+    monkeypatch.setattr(data_pipeline, "DECODE_POOL_MIN_IMAGES", 0)
+    pooled = data_pipeline.decode_image_folder(folder, 8, workers=2)
+    assert alone.images.shape == (len(folder), 3, 8, 8) and torch.equal(alone.images, pooled.images)
+    assert torch.equal(alone.labels, pooled.labels) and alone.labels.tolist() == [t for _, t in folder.samples]
+    bad = tmp_path / "tree" / "train" / "fox" / "1.png"
+    bad.write_bytes(b"truncated")
+    with pytest.raises(DataError, match="cannot read image .*1.png"):
+        data_pipeline.decode_image_folder(folder, 8, workers=2)
+
+
 def test_missing_image_folder_tree(tmp_path):
     config = apply_overrides(get_preset("imagefolder"), {"data.data_dir": str(tmp_path)})
     with pytest.raises(DataError, match="train/<class>"):

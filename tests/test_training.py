@@ -39,6 +39,8 @@ def test_training_writes_every_output(digits_run):
         assert {"model", "optimizer", "scheduler", "scaler", "ema", "epoch", "best_metric", "early_stopping", "rng",
                 "config", "class_names", "versions"} <= set(state)
     assert torch.load(checkpoints / "final_model.pth", weights_only=True)["epoch"] == 3
+    # the periodic checkpoints link to the epoch's one serialisation and keep it when the next one is written
+    assert torch.load(checkpoints / "checkpoint_epoch_2.pth", weights_only=True)["epoch"] == 2
 
     events = EventAccumulator(str(digits_run / "tensorboard" / "vision_mamba_digits"))
     events.Reload()
