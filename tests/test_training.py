@@ -223,6 +223,13 @@ def test_partial_compile_trains_like_eager_and_is_logged(tmp_path):
             assert torch.allclose(a[key], b[key], rtol=1e-3, atol=1e-4), (mode, key)
 
 
+def test_compile_auto_leaves_attention_eager_on_cuda_and_compiles_nothing_on_cpu():
+    resolve = train_vision_mamba.resolve_compile_mode
+    assert resolve("auto", torch.device("cuda", 0)) == "all_but_attention"
+    assert resolve("auto", torch.device("cpu")) == "off"
+    assert resolve("on", torch.device("cpu")) == "on" and resolve("off", torch.device("cuda")) == "off"
+
+
 def test_ema_follows_its_warmup_formula_and_copies_integer_buffers():
     from torch.optim.swa_utils import AveragedModel
     torch.manual_seed(0)
