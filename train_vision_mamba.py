@@ -186,6 +186,32 @@ def effective_lr(config, world_size):
     return config.training.lr * (world_size if config.training.lr_scaling == "linear" else 1)
 
 
+def make_optimizer_and_ema(model, t, lr, device):
+    """AdamW over the model's weight-decay groups (fused on CUDA), and the EMA of the weights if enabled."""
+    optimizer = torch.optim.AdamW(model.param_groups(t.weight_decay), lr=lr, betas=t.betas, fused=device.type == "cuda")
+    ema = AveragedModel(model, multi_avg_fn=ema_with_warmup(t.ema_decay), use_buffers=True) if t.ema else None
+    return optimizer, ema
+
+
+def train_step(train_model, model, images, targets, criterion, optimizer, scaler, ema, dtype, grad_clip):
+    """One optimisation step as training runs it (benchmarks/bench_train.py times this same function):
+    forward under autocast, backward, clip, optimizer step, EMA update. Returns (logits, loss) on
+    the device; nothing here waits for the GPU."""
+    with torch.autocast(images.device.type, dtype=dtype, enabled=dtype is not None):
+        logits = train_model(images)
+    loss = criterion(logits.float(), targets)
+    scaler.scale(loss).backward()
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    if ema is not None:
+        ema.update_parameters(model)
+    return logits, loss
+
+
 def make_schedulers(optimizer, t, steps_per_epoch):
     """Per-step schedule (linear warm-up, then cosine / step / constant) and, for 'plateau',
     a ReduceLROnPlateau stepped once per epoch after warm-up."""
@@ -373,10 +399,8 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
     data = create_data_loaders(config, device, runtime.rank, runtime.world_size)
     info, dtype = data.info, amp_dtype(config, device)
     model = build_model(config, info).to(device)
-    ema = AveragedModel(model, multi_avg_fn=ema_with_warmup(t.ema_decay), use_buffers=True) if t.ema else None
     lr = effective_lr(config, runtime.world_size)
-    optimizer = torch.optim.AdamW(model.param_groups(t.weight_decay), lr=lr, betas=t.betas,
-                                  fused=device.type == "cuda")
+    optimizer, ema = make_optimizer_and_ema(model, t, lr, device)
     steps_per_epoch = len(data.train)
     if steps_per_epoch == 0:
         raise ConfigError(f"data.batch_size {config.data.batch_size} is larger than the training split; lower it")
@@ -478,20 +502,10 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
                 if mixing:
                     images, targets = mix_batch(images, labels, info.num_classes, config.data.mixup_alpha,
                                                 config.data.cutmix_alpha, t.seed + runtime.rank, epoch, step)
-                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                    logits = train_model(images)
-                loss = criterion(logits.float(), targets)
-                scaler.scale(loss).backward()
-                if t.grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
+                logits, loss = train_step(train_model, model, images, targets, criterion, optimizer, scaler, ema, dtype,
+                                          t.grad_clip)
                 if plateau is None or global_step < warmup_steps:
                     scheduler.step()
-                if ema is not None:
-                    ema.update_parameters(model)
                 global_step += 1
                 n = labels.shape[0]
                 sums["loss"] += loss.detach() * n

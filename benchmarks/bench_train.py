@@ -6,8 +6,10 @@
 
 The data are 50,000 random uint8 32x32x3 images with 10 labels, fed through the project's own
 loader (`data_pipeline.create_data_loaders`: GPU-resident on CUDA, with random crop, flip and
-normalisation per batch) into the training step the training script runs (bf16 autocast on
-CUDA, label-smoothed cross-entropy, gradient clipping, fused AdamW; --compile on|regional|all_but_attention as in training).
+normalisation per batch) into the step the training script runs, with the `cifar10` preset's
+settings: MixUp/CutMix, then `train_vision_mamba.train_step` (bf16 autocast on CUDA,
+label-smoothed cross-entropy, gradient clipping, fused AdamW, EMA update). --compile as
+training.compile (default auto: everything but attention on CUDA, nothing on the CPU).
 
 Reported per configuration: img/s over the timed steps, step time, the part of it spent producing
 batches (timed separately over the same number of batches), model FLOP utilisation (FLOPs of a
@@ -28,8 +30,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data_pipeline  # noqa: E402
-from config import apply_overrides, get_preset  # noqa: E402
-from train_vision_mamba import amp_dtype, build_model, compile_model  # noqa: E402
+from config import COMPILE_MODES, apply_overrides, get_preset  # noqa: E402
+from train_vision_mamba import (amp_dtype, build_model, compile_model, make_optimizer_and_ema,  # noqa: E402
+                                resolve_compile_mode, train_step)
 from vision_mamba import BLOCK_TYPES, MODEL_SIZES, count_parameters  # noqa: E402
 
 from bench_model import synchronize  # noqa: E402  (this folder is on sys.path when a script runs)
@@ -52,19 +55,21 @@ def bench(args, device, size, block_type, batch_size):
         data = data_pipeline.create_data_loaders(config, device)
     torch.manual_seed(0)
     model = build_model(config, data.info).to(device)
-    t = config.training
-    optimizer = torch.optim.AdamW(model.param_groups(t.weight_decay), lr=t.lr, fused=device.type == "cuda")
+    t, cfg = config.training, config.data
+    optimizer, ema = make_optimizer_and_ema(model, t, t.lr, device)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
+    scaler = torch.amp.GradScaler(device.type, enabled=False)  # bf16 (CUDA) or fp32 (CPU): no loss scaling
     dtype = amp_dtype(config, device)
-    def step(images, labels, net):
+    mixing = cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0
+    step_index = iter(range(10**9))
+
+    def step(images, labels, net):  # the training loop's step: transfer, MixUp/CutMix, train_step
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            logits = net(images)
-        loss = criterion(logits.float(), labels)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        targets = labels
+        if mixing:
+            images, targets = data_pipeline.mix_batch(images, labels, data.info.num_classes, cfg.mixup_alpha, cfg.cutmix_alpha,
+                                        t.seed, 0, next(step_index))
+        train_step(net, model, images, targets, criterion, optimizer, scaler, ema, dtype, t.grad_clip)
 
     batches = data.train.batches()
     if device.type == "cuda":
@@ -74,7 +79,8 @@ def bench(args, device, size, block_type, batch_size):
     with FlopCounterMode(display=False) as counter:
         step(*next(batches), model)
     flops_per_step = counter.get_total_flops()
-    step_model = compile_model(model, args.compile)
+    compile_mode = resolve_compile_mode(args.compile, device)
+    step_model = compile_model(model, compile_mode)
     start = time.perf_counter()
     step(*next(batches), step_model)
     synchronize(device)
@@ -111,7 +117,8 @@ def bench(args, device, size, block_type, batch_size):
             "params_m": round(count_parameters(model) / 1e6, 2), "img_per_s": round(batch_size / step_s, 1),
             "step_ms": round(step_s * 1e3, 2), "data_ms": round(data_s * 1e3, 3),
             "data_fraction": round(data_s / step_s, 4), "gflop_per_step": round(flops_per_step / 1e9, 1),
-            "mfu": float(f"{flops_per_step / step_s / (args.peak_tflops * 1e12):.4g}"), "peak_tflops": args.peak_tflops, "compile_s": round(compile_s, 1), "compile_mode": args.compile,
+            "mfu": float(f"{flops_per_step / step_s / (args.peak_tflops * 1e12):.4g}"), "peak_tflops": args.peak_tflops, "compile_s": round(compile_s, 1), "compile_mode": compile_mode,
+            "ema": ema is not None, "mixing": mixing, "stem": config.model.stem,
             "peak_mem_mib": peak, "resident": data.resident, "torch": torch.__version__,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "date": time.strftime("%Y-%m-%d")}
@@ -126,8 +133,8 @@ def main():
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 50 on CUDA, 3 on CPU)")
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--num_images", type=int, default=50_000)
-    parser.add_argument("--compile", choices=("off", "on", "regional", "all_but_attention"), default="off",
-                        help="as training.compile: off (the default), the whole model, all but the SSM layers, or all but attention")
+    parser.add_argument("--compile", choices=COMPILE_MODES, default="auto",
+                        help="as training.compile (auto: all_but_attention on CUDA, off on the CPU)")
     parser.add_argument("--peak_tflops", type=float, default=790.0,
                         help="the GPU's bf16 matmul rate the MFU is measured against (H200: about 790, measured)")
     parser.add_argument("--profile", action="store_true", help="also print the top kernels of 3 steps (torch.profiler)")

@@ -29,6 +29,8 @@ def test_bench_train_runs_the_real_data_path(tmp_path):
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert row["block_type"] == "ssm" and row["batch_size"] == 8 and row["img_per_s"] > 0
     assert row["compile_mode"] == "regional"
+    # the training loop's own step, with the cifar10 preset's EMA and MixUp/CutMix
+    assert row["ema"] is True and row["mixing"] is True and row["stem"] == "conv3"
     assert "top kernels by self_cpu_time_total" in result.stdout and "aten::" in result.stdout
     assert 0 < row["data_fraction"] < 10 and row["step_ms"] > 0
     # forward + backward of the matmuls alone is at least 6 x params x images per step
