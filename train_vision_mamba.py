@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+import torch._dynamo
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.optim import lr_scheduler
@@ -409,6 +410,9 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
     stopper = EarlyStopping(t.early_stopping_patience, t.early_stopping_min_delta, "max" if t.monitor == "val_acc" else "min")
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
     compile_mode = resolve_compile_mode(t.compile, device)
+    if t.compile == "auto" and compile_mode != "off" and (problem := compile_problem(device)):
+        console(f"torch.compile does not work here ({problem}); training without it")
+        compile_mode = "off"
     compiled = compile_mode != "off"
 
     history, start_epoch, start_step, global_step, best_epoch = [], 0, 0, 0, None
@@ -612,6 +616,22 @@ def resolve_compile_mode(mode, device):
     return "all_but_attention" if device.type == "cuda" else "off"
 
 
+def compile_problem(device):
+    """None if torch.compile can build a kernel on device; else the first line of what stopped it
+    (commonly no C compiler, or no Triton)."""
+    try:
+        with torch._dynamo.config.patch(suppress_errors=False):
+            torch.compile(lambda x: x * 2 + 1)(torch.ones(4, device=device))
+    except Exception as e:
+        return compile_failure_reason(e)
+    return None
+
+
+def compile_failure_reason(error):
+    cause = getattr(error, "inner_exception", None) or error.__cause__ or error  # dynamo wraps the backend's error
+    return f"{type(cause).__name__}: " + (str(cause).strip().splitlines() or [""])[0][:200]
+
+
 def compile_model(module, mode):
     """What to call to run `module` (a VisionMamba, or one inside DDP) under training.compile=mode.
 
@@ -766,10 +786,18 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
     console = print if runtime.main else (lambda *a, **k: None)
+    # compile=auto trains eagerly where compiling fails (train() says so when a test kernel cannot be
+    # built; later failures fall back with torch's warning); a mode asked for by name fails with one line
+    automatic = torch._dynamo.config.patch(suppress_errors=config.training.compile == "auto")
     try:
-        result = train(config, paths, runtime, resume_state, console, overwrite=args.overwrite and resume_state is None)
+        with automatic:
+            result = train(config, paths, runtime, resume_state, console, overwrite=args.overwrite and resume_state is None)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except torch._dynamo.exc.BackendCompilerFailed as e:
+        print(f"error: torch.compile failed ({compile_failure_reason(e)}); train without it: --set training.compile=off "
+              f"(or auto, which falls back to eager by itself)", file=sys.stderr)
         return 2
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)

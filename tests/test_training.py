@@ -230,6 +230,28 @@ def test_compile_auto_leaves_attention_eager_on_cuda_and_compiles_nothing_on_cpu
     assert resolve("on", torch.device("cpu")) == "on" and resolve("off", torch.device("cuda")) == "off"
 
 
+def test_compile_failure_falls_back_to_eager_under_auto_and_is_one_line_otherwise(tmp_path, monkeypatch, capsys):
+    import torch._inductor.compile_fx
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no working C compiler")
+    monkeypatch.setattr(torch._inductor.compile_fx, "compile_fx", no_compiler)
+    # auto as it resolves on CUDA, so the CPU run meets the same failure a GPU machine without a compiler would
+    monkeypatch.setattr(train_vision_mamba, "resolve_compile_mode",
+                        lambda mode, device: "all_but_attention" if mode == "auto" else mode)
+    torch._dynamo.reset()  # no graph compiled by an earlier test may be reused
+    assert train_vision_mamba.main(train_args(tmp_path / "auto", "--set", "logging.progress_bar=false", epochs=1)) == 0
+    assert read_log(tmp_path / "auto")["compile_mode"] == "off"
+    out = capsys.readouterr()
+    assert "torch.compile does not work here (RuntimeError: no working C compiler); training without it" in out.out
+    assert "Traceback" not in out.err
+    torch._dynamo.reset()
+    code = train_vision_mamba.main(train_args(tmp_path / "named", "--set", "training.compile=all_but_attention", epochs=1))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "torch.compile failed (RuntimeError: no working C compiler)" in err[0]
+    assert "--set training.compile=off" in err[0]
+
+
 def test_ema_follows_its_warmup_formula_and_copies_integer_buffers():
     from torch.optim.swa_utils import AveragedModel
     torch.manual_seed(0)
