@@ -581,7 +581,8 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
                     writer.flush()
                 console(f"epoch {epoch + 1:3d}/{t.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
                         f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  lr {row['lr']:.2e}  "
-                        f"{row['img_per_s']:.0f} img/s  {row['epoch_time']:.1f}s" + ("  *best" if is_best else ""))
+                        f"{row['img_per_s']:.0f} img/s  {row['epoch_time']:.1f}s" + ("  *best" if is_best else "")
+                        + (f"  (first step {first_step_s:.1f}s: compiling)" if compiled and len(history) == 1 else ""))
             if stopper.should_stop:
                 summary["stopped_early"] = {"epoch": epoch + 1, "patience": t.early_stopping_patience}
                 if runtime.main:
