@@ -1,15 +1,16 @@
-"""End-to-end training throughput: data + augmentation + step, on CIFAR-10-shaped data.
+"""End-to-end training throughput: data + augmentation + step, on random data shaped like a preset's dataset.
 
     python benchmarks/bench_train.py                                   # CPU, small defaults
     python benchmarks/bench_train.py --device cuda --sizes tiny small --block_types hybrid ssm attention \\
         --batch_sizes 256 512 1024 --json out.jsonl
 
-The data are 50,000 random uint8 32x32x3 images with 10 labels, fed through the project's own
-loader (`data_pipeline.create_data_loaders`: GPU-resident on CUDA, with random crop, flip and
-normalisation per batch) into the step the training script runs, with the `cifar10` preset's
-settings: MixUp/CutMix, then `train_vision_mamba.train_step` (bf16 autocast on CUDA,
-label-smoothed cross-entropy, gradient clipping, fused AdamW, EMA update). --compile as
-training.compile (default auto: everything but attention on CUDA, nothing on the CPU).
+The data are 50,000 random uint8 images shaped like the --config preset's dataset (default
+cifar10: 32x32x3, 10 labels), fed through the project's own loader
+(`data_pipeline.create_data_loaders`: GPU-resident on CUDA, with the preset's crop, flip, erasing
+and normalisation per batch) into the step the training script runs, with the preset's settings:
+MixUp/CutMix, then `train_vision_mamba.train_step` (bf16 autocast on CUDA, label-smoothed
+cross-entropy, gradient clipping, fused AdamW, EMA update). --compile as training.compile
+(default: the preset's, where auto means everything but attention on CUDA, nothing on the CPU).
 
 Reported per configuration: img/s over the timed steps, step time, the part of it spent producing
 batches (timed separately over the same number of batches), model FLOP utilisation (FLOPs of a
@@ -38,20 +39,27 @@ from vision_mamba import BLOCK_TYPES, MODEL_SIZES, count_parameters  # noqa: E40
 from bench_model import synchronize  # noqa: E402  (this folder is on sys.path when a script runs)
 
 
-def synthetic_cifar(num_train, seed=0):
+# presets whose dataset the benchmark can imitate with random arrays of the same shape
+BENCH_PRESETS = ("cifar10", "cifar100", "fashion_mnist", "mnist", "svhn")
+
+
+def synthetic_arrays(info, num_train, seed=0):
+    """Random uint8 images and labels shaped like the dataset of `info` (a DatasetInfo)."""
     rng = np.random.default_rng(seed)
+    shape = (info.in_chans, info.img_size, info.img_size)
 
     def split(n):
-        return data_pipeline.ArraySplit(torch.from_numpy(rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)),
-                                        torch.from_numpy(rng.integers(0, 10, n)).long())
-    return split(num_train), split(1000), [str(i) for i in range(10)]
+        return data_pipeline.ArraySplit(torch.from_numpy(rng.integers(0, 256, (n, *shape), dtype=np.uint8)),
+                                        torch.from_numpy(rng.integers(0, info.num_classes, n)).long())
+    return split(num_train), split(1000), [str(i) for i in range(info.num_classes)]
 
 
 def bench(args, device, size, block_type, batch_size):
     overrides = {"model.model_size": size, "model.block_type": block_type, "data.batch_size": batch_size,
                  "training.device": device.type, "data.val_fraction": 0.02}
-    config = apply_overrides(get_preset("cifar10"), overrides)
-    with mock.patch.object(data_pipeline, "load_arrays", lambda cfg: synthetic_cifar(args.num_images)):
+    config = apply_overrides(get_preset(args.config), overrides)
+    info = data_pipeline.dataset_info(config)
+    with mock.patch.object(data_pipeline, "load_arrays", lambda cfg: synthetic_arrays(info, args.num_images)):
         data = data_pipeline.create_data_loaders(config, device)
     torch.manual_seed(0)
     model = build_model(config, data.info).to(device)
@@ -79,7 +87,7 @@ def bench(args, device, size, block_type, batch_size):
     with FlopCounterMode(display=False) as counter:
         step(*next(batches), model)
     flops_per_step = counter.get_total_flops()
-    compile_mode = resolve_compile_mode(args.compile, device)
+    compile_mode = resolve_compile_mode(args.compile or config.training.compile, device)
     step_model = compile_model(model, compile_mode)
     start = time.perf_counter()
     step(*next(batches), step_model)
@@ -113,7 +121,7 @@ def bench(args, device, size, block_type, batch_size):
     synchronize(device)
     data_s = (time.perf_counter() - start) / args.steps
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return {"kind": "train_e2e", "size": size, "block_type": block_type, "batch_size": batch_size,
+    return {"kind": "train_e2e", "config": args.config, "size": size, "block_type": block_type, "batch_size": batch_size,
             "params_m": round(count_parameters(model) / 1e6, 2), "img_per_s": round(batch_size / step_s, 1),
             "step_ms": round(step_s * 1e3, 2), "data_ms": round(data_s * 1e3, 3),
             "data_fraction": round(data_s / step_s, 4), "gflop_per_step": round(flops_per_step / 1e9, 1),
@@ -132,9 +140,11 @@ def main():
     parser.add_argument("--batch_sizes", nargs="+", type=int, default=None, help="default: 256 512 1024 on CUDA, 32 on CPU")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 50 on CUDA, 3 on CPU)")
     parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--config", choices=BENCH_PRESETS, default="cifar10",
+                        help="the preset whose model, augmentation and step are timed, on random data of its dataset's shape")
     parser.add_argument("--num_images", type=int, default=50_000)
-    parser.add_argument("--compile", choices=COMPILE_MODES, default="auto",
-                        help="as training.compile (auto: all_but_attention on CUDA, off on the CPU)")
+    parser.add_argument("--compile", choices=COMPILE_MODES, default=None,
+                        help="as training.compile (default: the preset's; auto is all_but_attention on CUDA, off on the CPU)")
     parser.add_argument("--peak_tflops", type=float, default=790.0,
                         help="the GPU's bf16 matmul rate the MFU is measured against (H200: about 790, measured)")
     parser.add_argument("--profile", action="store_true", help="also print the top kernels of 3 steps (torch.profiler)")

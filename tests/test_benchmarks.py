@@ -1,9 +1,12 @@
 """The benchmark scripts run on the CPU (CI has no GPU) and write well-formed JSON rows."""
 import json
+import os
 
 import pytest
+import torch
 
-from helpers import run_script
+from data_pipeline import DATASET_INFO
+from helpers import ROOT, run_script
 
 
 def test_bench_model_runs_and_writes_rows(tmp_path):
@@ -35,6 +38,16 @@ def test_bench_train_runs_the_real_data_path(tmp_path):
     assert 0 < row["data_fraction"] < 10 and row["step_ms"] > 0
     # forward + backward of the matmuls alone is at least 6 x params x images per step
     assert row["gflop_per_step"] * 1e9 >= 6 * row["params_m"] * 1e6 * 8 * 0.5 and row["mfu"] > 0
+
+
+def test_bench_train_imitates_each_preset_dataset_shape(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    import bench_train
+    for name in bench_train.BENCH_PRESETS:
+        info = DATASET_INFO[name]
+        train, test, classes = bench_train.synthetic_arrays(info, 40)
+        assert train.images.shape == (40, info.in_chans, info.img_size, info.img_size) and train.images.dtype == torch.uint8
+        assert len(classes) == info.num_classes and int(train.labels.max()) < info.num_classes and len(test.labels) == 1000
 
 
 def test_scan_kernel_tuner_checks_every_launch_variant(tmp_path):
