@@ -21,16 +21,13 @@ class CheckpointError(RuntimeError):
     """An unreadable, unsafe or incompatible checkpoint, worded for the user (one line)."""
 
 
-def atomic_write(path, write):
-    """write(file_object) into a temporary file beside path, fsync, then rename over path:
-    a crash at any moment leaves either the old file or the new one, never a torn one."""
+def replace_atomically(path, create):
+    """create(tmp) makes a complete file at a temporary path beside path, which is then renamed
+    over path: a crash at any moment leaves either the old file or the new one, never a torn one."""
     directory = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        create(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -42,6 +39,16 @@ def atomic_write(path, write):
         os.close(dir_fd)
 
 
+def atomic_write(path, write):
+    """write(file_object) into a temporary file, fsync it, then replace path with it."""
+    def create(tmp):
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+    replace_atomically(path, create)
+
+
 def save_checkpoint(state, path):
     atomic_write(path, lambda f: torch.save(state, f))
 
@@ -49,16 +56,12 @@ def save_checkpoint(state, path):
 def link_checkpoint(source, path):
     """path becomes the file source is now (a hard link; a copy where links are not supported),
     replaced atomically. Saving over source later writes a new file, so path keeps this one."""
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
+    def create(tmp):
         try:
             os.link(source, tmp)
         except OSError:
             shutil.copyfile(source, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    replace_atomically(path, create)
 
 
 def load_checkpoint(path, map_location="cpu"):

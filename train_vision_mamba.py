@@ -187,11 +187,15 @@ def effective_lr(config, world_size):
     return config.training.lr * (world_size if config.training.lr_scaling == "linear" else 1)
 
 
-def make_optimizer_and_ema(model, t, lr, device):
-    """AdamW over the model's weight-decay groups (fused on CUDA), and the EMA of the weights if enabled."""
+def make_step_parts(model, t, lr, device, dtype):
+    """What train_step needs besides the model: the label-smoothed loss, AdamW over the model's
+    weight-decay groups (fused on CUDA), the loss scaler (active for fp16 only) and the EMA of the
+    weights if enabled."""
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
     optimizer = torch.optim.AdamW(model.param_groups(t.weight_decay), lr=lr, betas=t.betas, fused=device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     ema = AveragedModel(model, multi_avg_fn=ema_with_warmup(t.ema_decay), use_buffers=True) if t.ema else None
-    return optimizer, ema
+    return criterion, optimizer, scaler, ema
 
 
 def train_step(train_model, model, images, targets, criterion, optimizer, scaler, ema, dtype, grad_clip):
@@ -401,14 +405,12 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
     info, dtype = data.info, amp_dtype(config, device)
     model = build_model(config, info).to(device)
     lr = effective_lr(config, runtime.world_size)
-    optimizer, ema = make_optimizer_and_ema(model, t, lr, device)
+    criterion, optimizer, scaler, ema = make_step_parts(model, t, lr, device, dtype)
     steps_per_epoch = len(data.train)
     if steps_per_epoch == 0:
         raise ConfigError(f"data.batch_size {config.data.batch_size} is larger than the training split; lower it")
     scheduler, plateau, warmup_steps = make_schedulers(optimizer, t, steps_per_epoch)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     stopper = EarlyStopping(t.early_stopping_patience, t.early_stopping_min_delta, "max" if t.monitor == "val_acc" else "min")
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
     compile_mode = resolve_compile_mode(t.compile, device)
     if t.compile == "auto" and compile_mode != "off" and (problem := compile_problem(device)):
         console(f"torch.compile does not work here ({problem}); training without it")

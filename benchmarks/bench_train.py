@@ -18,6 +18,7 @@ step as torch.utils.flop_counter counts them, over step time, against --peak_tfl
 memory and compile time (the first step). Prints a table and appends JSON rows to --json.
 """
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -32,7 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data_pipeline  # noqa: E402
 from config import COMPILE_MODES, apply_overrides, get_preset  # noqa: E402
-from train_vision_mamba import (amp_dtype, build_model, compile_model, make_optimizer_and_ema,  # noqa: E402
+from train_vision_mamba import (amp_dtype, build_model, compile_model, make_step_parts,  # noqa: E402
                                 resolve_compile_mode, train_step)
 from vision_mamba import BLOCK_TYPES, MODEL_SIZES, count_parameters  # noqa: E402
 
@@ -64,12 +65,10 @@ def bench(args, device, size, block_type, batch_size):
     torch.manual_seed(0)
     model = build_model(config, data.info).to(device)
     t, cfg = config.training, config.data
-    optimizer, ema = make_optimizer_and_ema(model, t, t.lr, device)
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
-    scaler = torch.amp.GradScaler(device.type, enabled=False)  # bf16 (CUDA) or fp32 (CPU): no loss scaling
     dtype = amp_dtype(config, device)
+    criterion, optimizer, scaler, ema = make_step_parts(model, t, t.lr, device, dtype)
     mixing = cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0
-    step_index = iter(range(10**9))
+    step_index = itertools.count()
 
     def step(images, labels, net):  # the training loop's step: transfer, MixUp/CutMix, train_step
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
