@@ -35,7 +35,7 @@ import data_pipeline  # noqa: E402
 from config import COMPILE_MODES, apply_overrides, get_preset  # noqa: E402
 from train_vision_mamba import (amp_dtype, build_model, compile_model, make_step_parts,  # noqa: E402
                                 resolve_compile_mode, train_step)
-from vision_mamba import BLOCK_TYPES, MODEL_SIZES, count_parameters  # noqa: E402
+from vision_mamba import BLOCK_TYPES, MODEL_SIZES, STEMS, count_parameters, parse_block_pattern  # noqa: E402
 
 from bench_model import synchronize  # noqa: E402  (this folder is on sys.path when a script runs)
 
@@ -55,9 +55,19 @@ def synthetic_arrays(info, num_train, seed=0):
     return split(num_train), split(1000), [str(i) for i in range(info.num_classes)]
 
 
+def block_pattern(text):
+    try:
+        parse_block_pattern(text, depth=len(text.split(",")))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def bench(args, device, size, block_type, batch_size):
     overrides = {"model.model_size": size, "model.block_type": block_type, "data.batch_size": batch_size,
                  "training.device": device.type, "data.val_fraction": 0.02}
+    if args.stem:
+        overrides["model.stem"] = args.stem
     config = apply_overrides(get_preset(args.config), overrides)
     info = data_pipeline.dataset_info(config)
     with mock.patch.object(data_pipeline, "load_arrays", lambda cfg: synthetic_arrays(info, args.num_images)):
@@ -135,7 +145,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--sizes", nargs="+", default=["tiny"], choices=list(MODEL_SIZES))
-    parser.add_argument("--block_types", nargs="+", default=list(BLOCK_TYPES), choices=list(BLOCK_TYPES))
+    parser.add_argument("--block_types", nargs="+", default=list(BLOCK_TYPES), type=block_pattern,
+                        help=f"each one of {BLOCK_TYPES} or a per-layer pattern such as ssm,attention")
+    parser.add_argument("--stem", choices=STEMS, default=None, help="default: the preset's")
     parser.add_argument("--batch_sizes", nargs="+", type=int, default=None, help="default: 256 512 1024 on CUDA, 32 on CPU")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 50 on CUDA, 3 on CPU)")
     parser.add_argument("--warmup", type=int, default=None)

@@ -24,15 +24,15 @@ def test_bench_model_runs_and_writes_rows(tmp_path):
 
 def test_bench_train_runs_the_real_data_path(tmp_path):
     out = tmp_path / "rows.jsonl"
-    result = run_script("benchmarks/bench_train.py", ["--device", "cpu", "--num_images", "300", "--block_types", "ssm",
-                                                      "--batch_sizes", "8", "--steps", "1", "--warmup", "0", "--profile",
+    result = run_script("benchmarks/bench_train.py", ["--device", "cpu", "--num_images", "300", "--block_types", "ssm,attention",
+                                                      "--stem", "conv3", "--batch_sizes", "8", "--steps", "1", "--warmup", "0", "--profile",
                                                       "--compile", "regional",
                                                       "--json", str(out)])
     assert result.returncode == 0, result.stderr[-2000:]
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
-    assert row["block_type"] == "ssm" and row["batch_size"] == 8 and row["img_per_s"] > 0
+    assert row["block_type"] == "ssm,attention" and row["batch_size"] == 8 and row["img_per_s"] > 0
     assert row["compile_mode"] == "regional"
-    # the training loop's own step, with the cifar10 preset's EMA and MixUp/CutMix
+    # the training loop's own step, with the cifar10 preset's EMA and MixUp/CutMix; --stem overrides the preset's conv5
     assert row["ema"] is True and row["mixing"] is True and row["stem"] == "conv3"
     assert "top kernels by self_cpu_time_total" in result.stdout and "aten::" in result.stdout
     assert 0 < row["data_fraction"] < 10 and row["step_ms"] > 0
@@ -61,3 +61,8 @@ def test_scan_kernel_tuner_checks_every_launch_variant(tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert {(r["block_e"], r["stages"]) for r in rows} == {(16, 1), (16, 2), (32, 1), (32, 2)}
     assert all(r["agrees"] and r["fwd_ms"] > 0 and r["bwd_ms"] > 0 for r in rows)
+
+
+def test_bench_train_rejects_an_unknown_block_type_in_a_pattern():
+    result = run_script("benchmarks/bench_train.py", ["--block_types", "ssm,mamba"])
+    assert result.returncode == 2 and "each entry must be one of" in result.stderr

@@ -70,9 +70,10 @@ def test_every_stem_gives_the_same_tokens_and_trains(stem):
     assert all(p.grad is not None for p in model.patch_embed.parameters())
 
 
-def test_conv3_stem_needs_an_even_patch_and_conv_keeps_its_checkpoint_keys():
+@pytest.mark.parametrize("halving_stem", ["conv3", "conv5"])
+def test_halving_stems_need_an_even_patch_and_conv_keeps_its_checkpoint_keys(halving_stem):
     with pytest.raises(ValueError, match="patch_size must be even"):
-        create_model("tiny", img_size=33, patch_size=3, stem="conv3")
+        create_model("tiny", img_size=33, patch_size=3, stem=halving_stem)
     keys = {k for k in create_model("tiny", depth=1, stem="conv").state_dict() if k.startswith("patch_embed.")}
     # names checkpoints written before the stems were factored out carry
     assert {"patch_embed.stem.0.weight", "patch_embed.stem.1.running_mean", "patch_embed.proj.weight"} <= keys

@@ -27,7 +27,7 @@ def test_training_writes_every_output(digits_run):
     assert log["environment"]["torch"] == torch.__version__ and log["environment"]["device"] == "cpu"
     assert len(log["epochs"]) == 3 and all(EPOCH_KEYS <= set(row) for row in log["epochs"])
     assert all(0 <= row["train_acc"] <= 1 and 0 <= row["val_acc"] <= 1 for row in log["epochs"])
-    assert 0 <= log["test_acc"] <= 1 and log["config"]["model"]["depth"] == 1
+    assert 0 <= log["test_acc"] <= 1 and log["config"]["model"]["depth"] == 2
     assert_png(logs / "training_curves.png")
     assert_png(logs / "confusion_matrix.png")
 
