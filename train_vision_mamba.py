@@ -802,6 +802,12 @@ def main(argv=None):
         print(f"error: torch.compile failed ({compile_failure_reason(e)}); train without it: --set training.compile=off "
               f"(or auto, which falls back to eager by itself)", file=sys.stderr)
         return 2
+    except torch.OutOfMemoryError:
+        batch, lr = config.data.batch_size, config.training.lr
+        print(f"error: out of {runtime.device.type.upper()} memory at data.batch_size {batch} per process; lower it, "
+              f"e.g. --batch_size {max(batch // 2, 1)} --lr {lr / 2:g} (lr in proportion), or use a smaller model_size; "
+              f"checkpoints already saved are intact", file=sys.stderr)
+        return 2
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

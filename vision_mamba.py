@@ -393,7 +393,8 @@ def parse_block_pattern(block_type, depth):
     if unknown or not pattern:
         raise ValueError(f"block_type {block_type!r}: each entry must be one of {BLOCK_TYPES}")
     if depth % len(pattern):
-        raise ValueError(f"block_type pattern {block_type!r} has {len(pattern)} entries, which does not divide depth {depth}")
+        raise ValueError(f"block_type pattern {block_type!r} has {len(pattern)} entries, which does not divide depth {depth}: "
+                         f"use a depth that is a multiple of {len(pattern)}, or another pattern")
     return pattern * (depth // len(pattern))
 
 

@@ -253,6 +253,16 @@ def test_compile_failure_falls_back_to_eager_under_auto_and_is_one_line_otherwis
     assert "--set training.compile=off" in err[0]
 
 
+def test_running_out_of_device_memory_is_one_line_that_names_the_batch_size(tmp_path, monkeypatch, capsys):
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    monkeypatch.setattr(train_vision_mamba, "train_step", out_of_memory)
+    code = train_vision_mamba.main(train_args(tmp_path, "--batch_size", "16", "--lr", "0.004", epochs=1))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "Traceback" not in err[0]
+    assert "out of CPU memory at data.batch_size 16 per process" in err[0] and "--batch_size 8 --lr 0.002" in err[0]
+
+
 def test_ema_follows_its_warmup_formula_and_copies_integer_buffers():
     from torch.optim.swa_utils import AveragedModel
     torch.manual_seed(0)
