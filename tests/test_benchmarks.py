@@ -1,12 +1,13 @@
 """The benchmark scripts run on the CPU (CI has no GPU) and write well-formed JSON rows."""
 import json
 import os
+import statistics
 
 import pytest
 import torch
 
 from data_pipeline import DATASET_INFO
-from helpers import ROOT, run_script
+from helpers import ROOT, SMALL, run_script
 
 
 def test_bench_model_runs_and_writes_rows(tmp_path):
@@ -66,3 +67,33 @@ def test_scan_kernel_tuner_checks_every_launch_variant(tmp_path):
 def test_bench_train_rejects_an_unknown_block_type_in_a_pattern():
     result = run_script("benchmarks/bench_train.py", ["--block_types", "ssm,mamba"])
     assert result.returncode == 2 and "each entry must be one of" in result.stderr
+
+
+def test_run_seeds_trains_each_seed_and_reports_mean_and_spread(tmp_path):
+    out = tmp_path / "seeds"
+    result = run_script("benchmarks/run_seeds.py", ["--seeds", "1", "2", "--jobs", "2", "--output_dir", str(out),
+                                                    "--", "--epochs", "1", *SMALL])
+    assert result.returncode == 0, result.stdout[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    accuracies = [row["test_acc"] for row in summary["runs"]]
+    assert [row["seed"] for row in summary["runs"]] == [1, 2] and all(0 <= a <= 1 for a in accuracies)
+    assert summary["test_acc_mean"] == pytest.approx(statistics.mean(accuracies))
+    assert summary["test_acc_std"] == pytest.approx(statistics.stdev(accuracies))
+    # each seed is its own training run, with its own seed in its log
+    for seed in (1, 2):
+        log = json.loads((out / f"seed{seed}" / "logs" / "vision_mamba_digits" / "training_log.json").read_text())
+        assert log["config"]["training"]["seed"] == seed
+    assert "test accuracy over 2 run(s)" in result.stdout and "runs shared a device" in result.stdout
+
+
+def test_run_seeds_reports_a_failed_run_and_an_unwritable_folder(tmp_path):
+    out = tmp_path / "seeds"
+    result = run_script("benchmarks/run_seeds.py", ["--seeds", "7", "--output_dir", str(out), "--", "--set", "model.depth=0"])
+    assert result.returncode == 1
+    (row,) = json.loads((out / "summary.json").read_text())["runs"]
+    assert row["exit_code"] == 2 and "test_acc" not in row and "see seed7.txt" in result.stdout
+    assert "model.depth" in (out / "seed7.txt").read_text()
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    result = run_script("benchmarks/run_seeds.py", ["--output_dir", str(blocker / "sub")])
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "cannot write to --output_dir" in result.stderr
