@@ -8,7 +8,7 @@ mean and spread: how the accuracy tables of docs/RESULTS.md are made.
 Each seed is one `train_vision_mamba.py` process (`--config C --seed S --quiet --output_dir
 OUT/seedS`, then everything after `--`), its console output in OUT/seedS.txt. With --gpus each
 process sees one GPU (CUDA_VISIBLE_DEVICES), --per_gpu of them at a time; without, --jobs
-processes share the machine. Runs that shared a device are marked: their img/s and wall times
+processes share the machine. Runs that overlapped another on the same device are marked: their img/s and wall times
 are not those of a run alone. Afterwards a table per seed (test accuracy and macro-F1, best epoch
 and its validation accuracy, median training img/s, wall time of the whole command, exit code),
 the mean and sample standard deviation of the test accuracy over the runs that finished, and
@@ -42,14 +42,9 @@ def start_run(args, seed, gpu):
     return {"seed": seed, "gpu": gpu, "process": process, "console": console, "start": time.monotonic(), "dir": run_dir}
 
 
-def device_slots(args):
-    """One entry per run that may go at once: the GPU it is pinned to, or None."""
-    return [gpu for gpu in args.gpus for _ in range(args.per_gpu)] if args.gpus else [None] * args.jobs
-
-
 def run_all(args):
     """Run every seed, at most one per slot at a time; returns the finished runs in seed order."""
-    slots = device_slots(args)
+    slots = [gpu for gpu in args.gpus for _ in range(args.per_gpu)] if args.gpus else [None] * args.jobs  # GPU or None
     pending, running, done = list(args.seeds), {}, []
     try:
         while pending or running:
@@ -59,7 +54,8 @@ def run_all(args):
             time.sleep(0.2)
             for slot, run in list(running.items()):
                 if run["process"].poll() is not None:
-                    run["wall_s"] = time.monotonic() - run["start"]
+                    run["end"] = time.monotonic()
+                    run["wall_s"] = run["end"] - run["start"]
                     run["console"].close()
                     done.append(running.pop(slot))
     except KeyboardInterrupt:
@@ -71,13 +67,17 @@ def run_all(args):
     return sorted(done, key=lambda run: run["seed"])
 
 
+def shared_device(run, runs):
+    """Whether another run was on the same device (GPU, or the machine without --gpus) at some moment."""
+    return any(other is not run and other["gpu"] == run["gpu"] and other["start"] < run["end"] and run["start"] < other["end"]
+               for other in runs)
+
+
 def summarize(args, runs):
-    slots = device_slots(args)
-    shared = len(runs) > 1 and len(set(slots)) < len(slots)  # some device ran two seeds at once
     rows = []
     for run in runs:
         row = {"seed": run["seed"], "gpu": run["gpu"], "exit_code": run["process"].returncode,
-               "wall_s": round(run["wall_s"], 1), "shared_device": shared}
+               "wall_s": round(run["wall_s"], 1), "shared_device": shared_device(run, runs)}
         logs = glob.glob(os.path.join(run["dir"], "logs", "*", "training_log.json"))
         if run["process"].returncode == 0 and logs:
             with open(logs[0]) as f:
@@ -105,8 +105,9 @@ def print_table(summary):
     if mean is not None:
         spread = f" ± {std:.2%}" if std is not None else " (one run: no spread)"
         print(f"test accuracy over {summary['finished']} run(s): {mean:.2%}{spread}")
-    if any(row["shared_device"] for row in summary["runs"]):
-        print("runs shared a device: their img/s and wall times are not those of a run alone")
+    shared = [str(row["seed"]) for row in summary["runs"] if row["shared_device"]]
+    if shared:
+        print(f"seed(s) {', '.join(shared)} shared a device with another run: their img/s and wall times are not those of a run alone")
 
 
 def main(argv=None):

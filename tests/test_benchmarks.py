@@ -83,7 +83,8 @@ def test_run_seeds_trains_each_seed_and_reports_mean_and_spread(tmp_path):
     for seed in (1, 2):
         log = json.loads((out / f"seed{seed}" / "logs" / "vision_mamba_digits" / "training_log.json").read_text())
         assert log["config"]["training"]["seed"] == seed
-    assert "test accuracy over 2 run(s)" in result.stdout and "runs shared a device" in result.stdout
+    assert "test accuracy over 2 run(s)" in result.stdout and "seed(s) 1, 2 shared a device" in result.stdout
+    assert all(row["shared_device"] for row in summary["runs"])
 
 
 def test_run_seeds_reports_a_failed_run_and_an_unwritable_folder(tmp_path):
@@ -92,6 +93,7 @@ def test_run_seeds_reports_a_failed_run_and_an_unwritable_folder(tmp_path):
     assert result.returncode == 1
     (row,) = json.loads((out / "summary.json").read_text())["runs"]
     assert row["exit_code"] == 2 and "test_acc" not in row and "see seed7.txt" in result.stdout
+    assert row["shared_device"] is False and "shared a device" not in result.stdout
     assert "model.depth" in (out / "seed7.txt").read_text()
     blocker = tmp_path / "a_file"
     blocker.write_text("")
