@@ -38,7 +38,8 @@ def start_run(args, seed, gpu):
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
     console = open(run_dir + ".txt", "w")
-    process = subprocess.Popen(command, stdout=console, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    # the caller's working directory: relative --output_dir and --data_dir mean what they meant to the caller
+    process = subprocess.Popen(command, stdout=console, stderr=subprocess.STDOUT, env=env)
     return {"seed": seed, "gpu": gpu, "process": process, "console": console, "start": time.monotonic(), "dir": run_dir}
 
 

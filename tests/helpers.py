@@ -17,10 +17,10 @@ def train_args(output_dir, *extra, epochs=2, config="digits"):
     return ["--config", config, "--output_dir", str(output_dir), "--epochs", str(epochs), *SMALL, *extra]
 
 
-def run_script(script, args, timeout=300, env=None):
+def run_script(script, args, timeout=300, env=None, cwd=ROOT):
     """Run one of the project's scripts in a fresh interpreter; returns CompletedProcess."""
     return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
+                          timeout=timeout, cwd=cwd, env={**os.environ, **(env or {})})
 
 
 def read_log(output_dir, name="vision_mamba_digits"):

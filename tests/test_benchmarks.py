@@ -71,8 +71,9 @@ def test_bench_train_rejects_an_unknown_block_type_in_a_pattern():
 
 def test_run_seeds_trains_each_seed_and_reports_mean_and_spread(tmp_path):
     out = tmp_path / "seeds"
-    result = run_script("benchmarks/run_seeds.py", ["--seeds", "1", "2", "--jobs", "2", "--output_dir", str(out),
-                                                    "--", "--epochs", "1", *SMALL])
+    # from another folder, with a relative --output_dir: the runs write where the caller meant
+    result = run_script("benchmarks/run_seeds.py", ["--seeds", "1", "2", "--jobs", "2", "--output_dir", "seeds",
+                                                    "--", "--epochs", "1", *SMALL], cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     accuracies = [row["test_acc"] for row in summary["runs"]]
