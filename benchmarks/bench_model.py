@@ -18,7 +18,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from vision_mamba import MODEL_SIZES, BLOCK_TYPES, count_parameters, create_model, selective_scan, selective_scan_ref  # noqa: E402
+from vision_mamba import (MODEL_SIZES, BLOCK_TYPES, STEMS, count_parameters, create_model, parse_block_pattern,  # noqa: E402
+                          selective_scan, selective_scan_ref)
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -26,6 +27,15 @@ DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 def synchronize(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def block_pattern(text):
+    """argparse type: one of BLOCK_TYPES or a per-layer pattern such as ssm,attention."""
+    try:
+        parse_block_pattern(text, depth=len(text.split(",")))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def timed(fn, device, warmup, iters):
@@ -44,7 +54,7 @@ def timed(fn, device, warmup, iters):
 
 def bench_train(args, device, size, block_type):
     torch.manual_seed(0)
-    model = create_model(size, num_classes=10, img_size=args.img_size, in_chans=3, block_type=block_type).to(device)
+    model = create_model(size, num_classes=10, img_size=args.img_size, in_chans=3, block_type=block_type, stem=args.stem).to(device)
     params = count_parameters(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     step_model = torch.compile(model) if args.compile else model
@@ -67,7 +77,7 @@ def bench_train(args, device, size, block_type):
     first_step_s = time.perf_counter() - start
     seconds = timed(step, device, args.warmup, args.iters)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
-    return {"kind": "train", "size": size, "block_type": block_type, "batch_size": args.batch_size,
+    return {"kind": "train", "size": size, "block_type": block_type, "stem": args.stem, "batch_size": args.batch_size,
             "params_m": round(params / 1e6, 2), "img_per_s": round(args.batch_size / seconds, 1),
             "step_ms": round(seconds * 1e3, 2), "first_step_s": round(first_step_s, 2), "peak_mem_mib": peak}
 
@@ -104,7 +114,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--sizes", nargs="+", default=["tiny"], choices=list(MODEL_SIZES))
-    parser.add_argument("--block_types", nargs="+", default=list(BLOCK_TYPES), choices=list(BLOCK_TYPES))
+    parser.add_argument("--block_types", nargs="+", default=list(BLOCK_TYPES), type=block_pattern,
+                        help=f"each one of {BLOCK_TYPES} or a per-layer pattern such as ssm,attention")
+    parser.add_argument("--stem", choices=STEMS, default="conv", help="the model's stem (default: conv, create_model's)")
     parser.add_argument("--batch_size", type=int, default=None, help="default: 512 on CUDA, 32 on CPU")
     parser.add_argument("--img_size", type=int, default=32)
     parser.add_argument("--dtype", choices=list(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
@@ -150,7 +162,7 @@ def main():
         print(f"scan  speed-up of fast over reference: {scans['reference'] / scans['fast']:.2f}x")
     for row in rows:
         if row["kind"] == "train":
-            print(f"train {row['size']:<6} {row['block_type']:<10} batch {row['batch_size']:<5} {row['params_m']:7.2f}M params "
+            print(f"train {row['size']:<6} {row['block_type']:<14} {row['stem']:<6} batch {row['batch_size']:<5} {row['params_m']:7.2f}M params "
                   f"{row['img_per_s']:10.1f} img/s  {row['step_ms']:8.2f} ms/step  first step {row['first_step_s']:.1f}s  peak {row['peak_mem_mib']} MiB")
 
 

@@ -35,9 +35,9 @@ import data_pipeline  # noqa: E402
 from config import COMPILE_MODES, apply_overrides, get_preset  # noqa: E402
 from train_vision_mamba import (amp_dtype, build_model, compile_model, make_step_parts,  # noqa: E402
                                 resolve_compile_mode, train_step)
-from vision_mamba import BLOCK_TYPES, MODEL_SIZES, STEMS, count_parameters, parse_block_pattern  # noqa: E402
+from vision_mamba import BLOCK_TYPES, MODEL_SIZES, STEMS, count_parameters  # noqa: E402
 
-from bench_model import synchronize  # noqa: E402  (this folder is on sys.path when a script runs)
+from bench_model import block_pattern, synchronize  # noqa: E402  (this folder is on sys.path when a script runs)
 
 
 # presets whose dataset the benchmark can imitate with random arrays of the same shape
@@ -53,14 +53,6 @@ def synthetic_arrays(info, num_train, seed=0):
         return data_pipeline.ArraySplit(torch.from_numpy(rng.integers(0, 256, (n, *shape), dtype=np.uint8)),
                                         torch.from_numpy(rng.integers(0, info.num_classes, n)).long())
     return split(num_train), split(1000), [str(i) for i in range(info.num_classes)]
-
-
-def block_pattern(text):
-    try:
-        parse_block_pattern(text, depth=len(text.split(",")))
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return text
 
 
 def bench(args, device, size, block_type, batch_size):
