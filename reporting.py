@@ -40,7 +40,7 @@ def plot_confusion_matrix(cm, class_names, path, title="Confusion matrix"):
     """Raw counts and row-normalised percentages side by side."""
     n = len(class_names)
     size = max(5.0, 0.45 * n)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * size + 2, size))
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size + 2, size), layout="constrained")  # no label overlaps the other panel
     rows = cm.sum(axis=1, keepdims=True)
     normalised = np.divide(cm, rows, out=np.zeros_like(cm, dtype=float), where=rows > 0) * 100
     annotate = n <= 20
