@@ -4,6 +4,7 @@
     python train_vision_mamba.py --config cifar10     # CIFAR-10 preset (status in docs/RESULTS.md)
     python train_vision_mamba.py --config my.json --set training.lr=5e-4 --set data.mixup_alpha=0.8
     python train_vision_mamba.py --config cifar10 --resume auto
+    python train_vision_mamba.py --config cifar10 --print_config > my.json   # every value, to edit
     torchrun --nproc_per_node 2 train_vision_mamba.py --config cifar10
 
 Outputs under --output_dir: logs/<exp>/ (training_log.json, training_curves.png,
@@ -15,6 +16,7 @@ SIGINT/SIGTERM after saving a resumable checkpoint.
 import argparse
 import glob
 import hashlib
+import json
 import math
 import os
 import platform
@@ -73,6 +75,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override any config value")
+    p.add_argument("--print_config", action="store_true",
+                   help="print the resolved config as JSON (a file --config accepts) and exit without training")
     return p.parse_args(argv)
 
 
@@ -776,6 +780,8 @@ def prepare(argv):
             paths = experiment_paths(config)
         else:
             print(f"no checkpoint to resume in {paths.checkpoints}; starting from scratch", file=sys.stderr)
+    if args.print_config:  # nothing below concerns a command that writes no file
+        return args, config, paths, resume_state
     check_output_writable(config.logging.output_dir)
     check_existing_experiment(paths, resuming=args.resume is not None, overwrite=args.overwrite)
     return args, config, paths, resume_state
@@ -784,6 +790,9 @@ def prepare(argv):
 def main(argv=None):
     try:
         args, config, paths, resume_state = prepare(argv)
+        if args.print_config:
+            print(json.dumps(config.to_dict(), indent=2))
+            return 0
         runtime = init_runtime(config)
     except (UsageError,) + USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)

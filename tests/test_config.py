@@ -92,6 +92,23 @@ def test_command_line_parsing_and_one_line_errors():
             _cli(*argv)
 
 
+def test_print_config_shows_the_resolved_config_and_writes_nothing(tmp_path, capsys):
+    import train_vision_mamba
+    out_root = tmp_path / "runs"
+    code = train_vision_mamba.main(["--config", "fashion_mnist", "--set", "training.lr=0.002", "--output_dir", str(out_root),
+                                    "--print_config"])
+    printed = capsys.readouterr().out
+    assert code == 0 and not out_root.exists()
+    expected = apply_overrides(get_preset("fashion_mnist"), {"training.lr": 0.002, "logging.output_dir": str(out_root)})
+    assert json.loads(printed) == json.loads(json.dumps(expected.to_dict()))
+    # what it prints is a config file that gives the same config back
+    (tmp_path / "printed.json").write_text(printed)
+    assert train_vision_mamba.main(["--config", str(tmp_path / "printed.json"), "--print_config"]) == 0
+    assert capsys.readouterr().out == printed
+    assert train_vision_mamba.main(["--config", "cifar10", "--set", "training.lr=abc", "--print_config"]) == 2
+    assert "training.lr" in capsys.readouterr().err
+
+
 # Fuzzing: any mix of known and unknown keys with values of any JSON type either builds a
 # valid config or raises a ConfigError (one line); nothing else escapes.
 known_keys = [(section, f.name) for section, cls in SECTIONS.items() for f in __import__("dataclasses").fields(cls)]
