@@ -780,10 +780,9 @@ def prepare(argv):
             paths = experiment_paths(config)
         else:
             print(f"no checkpoint to resume in {paths.checkpoints}; starting from scratch", file=sys.stderr)
-    if args.print_config:  # nothing below concerns a command that writes no file
-        return args, config, paths, resume_state
-    check_output_writable(config.logging.output_dir)
-    check_existing_experiment(paths, resuming=args.resume is not None, overwrite=args.overwrite)
+    if not args.print_config:  # a command that writes no file needs neither check
+        check_output_writable(config.logging.output_dir)
+        check_existing_experiment(paths, resuming=args.resume is not None, overwrite=args.overwrite)
     return args, config, paths, resume_state
 
 
