@@ -6,6 +6,8 @@ in registers and walks the tokens in order, so the (B, L, G, E, N) states never 
 GPU memory in the forward pass. The backward pass recomputes the states once into a scratch
 buffer, then runs the adjoint recurrence in reverse:
     g_h[t] = exp(delta[t+1] A) g_h[t+1] + Cm[t] g_y[t]
+Sums that span programs (g_Bm, g_Cm over channel blocks; g_A, g_D over the batch) are written
+as per-program partial sums that torch adds up afterwards: no atomics, deterministic gradients.
 Shapes and semantics are those of `vision_mamba.selective_scan_ref`: u, delta (B, L, G, E);
 A (G, E, N); Bm, Cm (B, L, G, N); D (G, E); all arithmetic in fp32.
 Tested against the reference on the GPU and, through TRITON_INTERPRET=1, on the CPU.
@@ -68,6 +70,7 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, gy_ptr, h_ptr
     g_h = tl.zeros((BLOCK_E, N), dtype=tl.float32)  # dL/dh[t], carried backwards
     g_A = tl.zeros((BLOCK_E, N), dtype=tl.float32)
     g_D = tl.zeros((BLOCK_E,), dtype=tl.float32)
+    partial_rows = tl.program_id(1) * tl.num_programs(0) * L  # this channel block's (B, L, G, N) slice
     for i in tl.range(0, L, num_stages=STAGES):
         t = L - 1 - i
         row = (b * L + t) * G + g
@@ -77,20 +80,19 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, gy_ptr, h_ptr
         Ct = tl.load(C_ptr + row * N + n).to(tl.float32)
         gy = tl.load(gy_ptr + row * E + e, mask=mask_e, other=0.0).to(tl.float32)
         h_t = tl.load(h_ptr + (row * E + e)[:, None] * N + n[None, :], mask=mask_en, other=0.0)
-        h_prev = tl.load(h_ptr + ((row - G) * E + e)[:, None] * N + n[None, :], mask=mask_en & (t > 0), other=0.0)
-        decay = tl.exp(dt[:, None] * A)
         g_h += Ct[None, :] * gy[:, None]
-        tl.atomic_add(gC_ptr + row * N + n, tl.sum(h_t * gy[:, None], axis=0))
+        tl.store(gC_ptr + (partial_rows + row) * N + n, tl.sum(h_t * gy[:, None], axis=0))
         g_x_dot_B = tl.sum(g_h * Bt[None, :], axis=1)  # dL/d(delta * u)
-        tl.atomic_add(gB_ptr + row * N + n, tl.sum(g_h * (dt * u)[:, None], axis=0))
-        g_log_decay = g_h * decay * h_prev
+        tl.store(gB_ptr + (partial_rows + row) * N + n, tl.sum(g_h * (dt * u)[:, None], axis=0))
+        # d/d(log decay[t]) = g_h[t] * decay[t] * h[t-1] = g_h[t] * (h[t] - x[t]): no second state load
+        g_log_decay = g_h * (h_t - (dt * u)[:, None] * Bt[None, :])
         tl.store(gdelta_ptr + row * E + e, tl.sum(g_log_decay * A, axis=1) + g_x_dot_B * u, mask=mask_e)
         tl.store(gu_ptr + row * E + e, g_x_dot_B * dt + D * gy, mask=mask_e)
         g_A += g_log_decay * dt[:, None]
         g_D += gy * u
-        g_h = g_h * decay
-    tl.atomic_add(gA_ptr + (g * E + e)[:, None] * N + n[None, :], g_A, mask=mask_en)
-    tl.atomic_add(gD_ptr + g * E + e, g_D, mask=mask_e)
+        g_h = g_h * tl.exp(dt[:, None] * A)
+    tl.store(gA_ptr + (pid_bg * E + e)[:, None] * N + n[None, :], g_A, mask=mask_en)  # (b, g, e, n)
+    tl.store(gD_ptr + pid_bg * E + e, g_D, mask=mask_e)
 
 
 def supports(d_state):
@@ -136,12 +138,13 @@ def scan_backward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: tor
     f32 = dict(dtype=torch.float32, device=u.device)
     states = torch.empty(batch, length, groups, inner, d_state, **f32)
     g_u, g_delta = torch.empty(u.shape, **f32), torch.empty(u.shape, **f32)
-    g_A, g_D = torch.zeros(A.shape, **f32), torch.zeros(D.shape, **f32)
-    g_B, g_C = torch.zeros(Bm.shape, **f32), torch.zeros(Cm.shape, **f32)
+    channel_blocks = _grid(u)[1]  # partial sums, added up below: per channel block for Bm, Cm, per sample for A, D
+    g_B, g_C = torch.empty(channel_blocks, *Bm.shape, **f32), torch.empty(channel_blocks, *Cm.shape, **f32)
+    g_A, g_D = torch.empty(batch, *A.shape, **f32), torch.empty(batch, *D.shape, **f32)
     _scan_bwd_kernel[_grid(u)](u, delta, A, Bm, Cm, D, g_y, states, g_u, g_delta, g_A, g_B, g_C, g_D,
                                length, groups, inner, N=d_state, BLOCK_E=BLOCK_E, STAGES=STAGES,
                                num_warps=NUM_WARPS)
-    return g_u, g_delta, g_A, g_B, g_C, g_D
+    return g_u, g_delta, g_A.sum(0), g_B.sum(0), g_C.sum(0), g_D.sum(0)
 
 
 @scan_backward.register_fake
