@@ -80,7 +80,7 @@ def bench(args, device, size, block_type, batch_size):
                                         t.seed, 0, next(step_index))
         train_step(net, model, images, targets, criterion, optimizer, scaler, ema, dtype, t.grad_clip)
 
-    batches = data.train.batches()
+    batches = endless_batches(data.train)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     # FLOPs of one step as torch's FlopCounterMode counts them (matmuls, convolutions, attention;
@@ -113,8 +113,7 @@ def bench(args, device, size, block_type, batch_size):
         print(f"# {size} {block_type} batch {batch_size}: 3 steps, top kernels by {sort_key}")
         print(prof.key_averages().table(sort_by=sort_key, row_limit=15, max_name_column_width=60))
 
-    data.train.set_epoch(1)  # the data path alone, same number of batches
-    batches = data.train.batches()
+    batches = endless_batches(data.train)  # the data path alone, same number of batches
     start = time.perf_counter()
     for _ in range(args.steps):
         images, labels = next(batches)
@@ -131,6 +130,14 @@ def bench(args, device, size, block_type, batch_size):
             "peak_mem_mib": peak, "resident": data.resident, "torch": torch.__version__,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "date": time.strftime("%Y-%m-%d")}
+
+
+def endless_batches(loader):
+    """Batches across epoch boundaries, as a long run sees them: warm-up plus timed steps may
+    outnumber one epoch's batches (49 at batch 1024)."""
+    for epoch in itertools.count():
+        loader.set_epoch(epoch)
+        yield from loader.batches()
 
 
 def main():

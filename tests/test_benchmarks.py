@@ -42,6 +42,17 @@ def test_bench_train_runs_the_real_data_path(tmp_path):
     assert row["gflop_per_step"] * 1e9 >= 6 * row["params_m"] * 1e6 * 8 * 0.5 and row["mfu"] > 0
 
 
+def test_bench_train_steps_past_the_end_of_an_epoch(tmp_path):
+    # 39 training images make 2 batches of 16 an epoch; the benchmark takes 7 (and the data path 4)
+    out = tmp_path / "rows.jsonl"
+    result = run_script("benchmarks/bench_train.py", ["--device", "cpu", "--num_images", "40", "--batch_sizes", "16",
+                                                      "--block_types", "attention", "--steps", "4", "--warmup", "1",
+                                                      "--compile", "off", "--json", str(out)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["batch_size"] == 16 and row["img_per_s"] > 0 and row["data_ms"] > 0
+
+
 def test_bench_train_imitates_each_preset_dataset_shape(monkeypatch):
     monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
     import bench_train
