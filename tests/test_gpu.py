@@ -39,7 +39,7 @@ def test_fused_scan_under_bf16_autocast_and_compile():
 
 
 def test_compiled_gradients_equal_eager_gradients():
-    # the compiled graph must see every write of the fused kernels (atomics included): any missed
+    # the compiled graph must see every write of the fused kernels (partial-sum buffers included): any missed
     # mutation would show up here as wrong or garbage gradients
     torch.manual_seed(0)
     model = create_model("tiny", depth=2).cuda().eval()
