@@ -354,5 +354,9 @@ def model_from_config(config, num_classes, img_size, in_chans):
     m = config.model
     sizes = model_kwargs(m.model_size, embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads, d_state=m.d_state,
                          d_conv=m.d_conv, expand=m.expand, mlp_ratio=m.mlp_ratio)
-    return VisionMamba(num_classes=num_classes, img_size=img_size, in_chans=in_chans, patch_size=m.patch_size,
-                       block_type=m.block_type, stem=m.stem, drop_path=m.drop_path, dropout=m.dropout, **sizes)
+    try:
+        return VisionMamba(num_classes=num_classes, img_size=img_size, in_chans=in_chans, patch_size=m.patch_size,
+                           block_type=m.block_type, stem=m.stem, drop_path=m.drop_path, dropout=m.dropout, **sizes)
+    except ValueError as e:  # shapes that clash only once the data's image size is known
+        raise ConfigError(f"model: {e}; change model.patch_size, model.stem, model.embed_dim or model.num_heads, "
+                          f"or data.img_size") from None

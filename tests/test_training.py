@@ -93,6 +93,8 @@ def test_early_stopping_stops_and_keeps_the_best(tmp_path):
     (["--set", "training.lr=abc"], ["training.lr", "expected float"]),
     (["--resume", "missing.pth"], ["missing.pth does not exist"]),
     (["--device", "tpu"], ["training.device", "auto, cpu, cuda"]),
+    (["--set", "model.patch_size=3"], ["img_size 8 is not divisible by patch_size 3", "model.patch_size"]),
+    (["--set", "model.stem=conv3", "--set", "model.patch_size=1"], ["patch_size must be even", "model.patch_size"]),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, fragments):
     result = run_script("train_vision_mamba.py", ["--output_dir", str(tmp_path / "out"), *args], timeout=120)
