@@ -66,6 +66,10 @@ def link_checkpoint(source, path):
 
 def load_checkpoint(path, map_location="cpu"):
     """Read a checkpoint with weights_only=True; every failure is a CheckpointError."""
+    if os.path.isdir(path):
+        names = sorted(n for n in os.listdir(path) if n.endswith(".pth"))
+        hint = f" ({', '.join(names[:4])})" if names else ""
+        raise CheckpointError(f"checkpoint {path} is a folder; give one of the .pth files in it{hint}")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:

@@ -124,7 +124,8 @@ def corrupt_variants(good, tmp_path):
     torch.save({"weights": torch.ones(2)}, not_ours)
     return {"truncated or corrupt": truncated, "is corrupt": noise, "do not fit the architecture": wrong_arch,
             "size mismatch for head": wrong_classes, "not a Vision Mamba checkpoint": not_ours,
-            "does not exist": tmp_path / "missing.pth"}
+            "does not exist": tmp_path / "missing.pth", "is a folder; give one of the .pth files in it (best_model.pth":
+            good.parent}
 
 
 def test_corrupt_checkpoints_get_one_clear_line_in_evaluation(good_checkpoint, tmp_path, capsys):
