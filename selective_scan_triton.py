@@ -70,7 +70,7 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, gy_ptr, h_ptr
     g_h = tl.zeros((BLOCK_E, N), dtype=tl.float32)  # dL/dh[t], carried backwards
     g_A = tl.zeros((BLOCK_E, N), dtype=tl.float32)
     g_D = tl.zeros((BLOCK_E,), dtype=tl.float32)
-    partial_rows = tl.program_id(1) * tl.num_programs(0) * L  # this channel block's (B, L, G, N) slice
+    partial_rows = tl.program_id(1).to(tl.int64) * tl.num_programs(0) * L  # this channel block's (B, L, G, N) slice
     for i in tl.range(0, L, num_stages=STAGES):
         t = L - 1 - i
         row = (b * L + t) * G + g
