@@ -52,6 +52,7 @@ class DataConfig:
     img_size: Optional[int] = None  # None: the dataset's native size (ImageFolder: 32); other sizes are resized
     download: bool = True
     val_fraction: float = 0.1  # carved from the training set, stratified, seeded
+    test_fraction: float = 0.1  # held out as the test set of an ImageFolder tree without val/ or test/
     batch_size: int = 128
     eval_batch_size: int = 512
     num_workers: int = 2
@@ -307,6 +308,7 @@ def validate(config):
     _one_of("data.auto_augment", d.auto_augment, AUTO_AUGMENTS)
     _one_of("data.gpu_resident", d.gpu_resident, SWITCHES)
     _require(0 < d.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
+    _require(0 < d.test_fraction < 1, f"data.test_fraction must be in (0, 1), got {d.test_fraction}")
     _require(d.batch_size >= 1, f"data.batch_size must be >= 1, got {d.batch_size}")
     _require(d.img_size is None or d.img_size >= 1, f"data.img_size must be >= 1, got {d.img_size}")
     _require(d.eval_batch_size >= 1, f"data.eval_batch_size must be >= 1, got {d.eval_batch_size}")

@@ -11,6 +11,7 @@ MixUp/CutMix run in the training loop on either path (`mix_batch`).
 Every random draw of an epoch derives from (seed, epoch, batch index), so a run resumed in the
 middle of an epoch sees the same batches and augmentations as one that never stopped.
 """
+import copy
 import functools
 import gzip
 import math
@@ -59,7 +60,8 @@ DATASET_INFO = {
     "svhn": DatasetInfo(10, 3, 32, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), False,
                         "put train_32x32.mat and test_32x32.mat (http://ufldl.stanford.edu/housenumbers/) in {root}/"),
     "imagefolder": DatasetInfo(0, 3, 32, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), True,
-                               "arrange images as {root}/train/<class>/*.png and {root}/val/<class>/ (or test/)"),
+                               "arrange images as {root}/train/<class>/*.png and {root}/val/<class>/ (or test/), or as "
+                               "{root}/<class>/*.png (data.test_fraction of them is then held out for testing)"),
 }
 
 
@@ -297,6 +299,15 @@ def unreadable_image(path, error):
     return DataError(f"cannot read image {path} ({type(error).__name__}: {error}); delete or replace the file")
 
 
+def error_line(error):
+    """An error's message as one line, also when a DataLoader worker re-raised it with the worker's
+    traceback in front (torch keeps the type and prepends the traceback to the message)."""
+    text = str(error)
+    if "Original Traceback" in text:
+        text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+    return text
+
+
 class _Transformed(torch.utils.data.Dataset):
     """A uint8 ArraySplit (or any dataset of (image, label)) seen through a transform."""
 
@@ -437,19 +448,40 @@ def _decode_file(path, img_size, loader):
     return np.asarray(img, dtype=np.uint8)
 
 
-def _imagefolder_splits(root):
+# The test images held out of an ImageFolder tree that has no val/ or test/ folder are chosen with
+# this seed, not the training seed: runs with different seeds are tested on the same images.
+HELD_OUT_TEST_SEED = 0
+
+
+def _imagefolder_splits(root, test_fraction):
+    """(train, test) ImageFolders of root/train and root/val (or root/test). Without an evaluation
+    folder, a stratified test_fraction of root/train, or of root itself when its subfolders are
+    the classes, is held out as the test set."""
     train_dir = os.path.join(root, "train")
     eval_dir = next((os.path.join(root, d) for d in ("val", "test") if os.path.isdir(os.path.join(root, d))), None)
-    if not os.path.isdir(train_dir) or eval_dir is None:
-        raise DataError(f"no ImageFolder tree at {root}: {DATASET_INFO['imagefolder'].files_hint.replace('{root}', root)}")
+    source = train_dir if os.path.isdir(train_dir) else root
+    layout = DATASET_INFO["imagefolder"].files_hint.replace("{root}", root)
+    if not os.path.isdir(root) or (eval_dir is not None and source == root):
+        raise DataError(f"no ImageFolder tree at {root}: {layout}")
     try:
-        train = _ImageFolderChecked(train_dir)
-        test = _ImageFolderChecked(eval_dir)
+        train = _ImageFolderChecked(source)
+        test = _ImageFolderChecked(eval_dir) if eval_dir is not None else None
     except (FileNotFoundError, OSError) as e:
-        raise DataError(f"ImageFolder tree at {root} is unusable: {e}") from None
+        raise DataError(f"ImageFolder tree at {root} is unusable ({' '.join(str(e).split())}); {layout}") from None
+    if test is None:
+        keep, held_out = stratified_split(train.targets, test_fraction, HELD_OUT_TEST_SEED)
+        return _with_samples(train, keep), _with_samples(train, held_out)
     if train.classes != test.classes:
         raise DataError(f"{train_dir} and {eval_dir} have different class folders ({len(train.classes)} vs {len(test.classes)})")
     return train, test
+
+
+def _with_samples(folder, indices):
+    """The same ImageFolder (classes, loader, checks) restricted to some of its images."""
+    part = copy.copy(folder)
+    part.samples = part.imgs = [folder.samples[i] for i in indices]
+    part.targets = [target for _, target in part.samples]
+    return part
 
 
 def create_data_loaders(config, device="cpu", rank=0, world_size=1):
@@ -459,7 +491,7 @@ def create_data_loaders(config, device="cpu", rank=0, world_size=1):
     info = dataset_info(config)
     device = torch.device(device)
     if cfg.dataset == "imagefolder":
-        train_folder, test_folder = _imagefolder_splits(cfg.data_dir)
+        train_folder, test_folder = _imagefolder_splits(cfg.data_dir, cfg.test_fraction)
         class_names = list(train_folder.classes)
         info = DatasetInfo(**{**info.__dict__, "num_classes": len(class_names)})
         train_idx, val_idx = stratified_split([t for _, t in train_folder.samples], cfg.val_fraction, seed)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from checkpoints import CheckpointError, atomic_write, load_checkpoint, model_from_checkpoint
 from config import ConfigError, apply_overrides
-from data_pipeline import DataError, create_data_loaders, dataset_info
+from data_pipeline import DataError, create_data_loaders, dataset_info, error_line
 from reporting import (classification_metrics, plot_confusion_matrix, plot_image_grid, plot_per_class_accuracy,
                        write_json)
 from train_vision_mamba import (USER_ERRORS, OneLineArgumentParser, UsageError, check_output_writable, loss_and_accuracy,
@@ -171,7 +171,7 @@ def main(argv=None):
         os.makedirs(args.output_dir, exist_ok=True)
         metrics = write_reports(args.output_dir, logits, labels, class_names, data.info, loader, args, state)
     except (UsageError, ConfigError) + USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {error_line(e)}", file=sys.stderr)
         return 2
     print_summary(metrics, class_names)
     print(f"reports written to {args.output_dir}")

@@ -38,7 +38,7 @@ from tqdm import tqdm
 from checkpoints import (FORMAT, CheckpointError, checkpoint_config, evaluation_weights, find_latest_checkpoint,
                          link_checkpoint, load_checkpoint, save_checkpoint)
 from config import ConfigError, apply_overrides, load_config, model_from_config, parse_value
-from data_pipeline import DataError, create_data_loaders, mix_batch
+from data_pipeline import DataError, create_data_loaders, error_line, mix_batch
 from reporting import classification_metrics, plot_confusion_matrix, plot_training_curves, write_json
 from vision_mamba import count_parameters
 
@@ -804,7 +804,7 @@ def main(argv=None):
         with automatic:
             result = train(config, paths, runtime, resume_state, console, overwrite=args.overwrite and resume_state is None)
     except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {error_line(e)}", file=sys.stderr)
         return 2
     except torch._dynamo.exc.BackendCompilerFailed as e:
         print(f"error: torch.compile failed ({compile_failure_reason(e)}); train without it: --set training.compile=off "
@@ -823,9 +823,8 @@ def main(argv=None):
         print("stopped at once; the last saved checkpoint is intact", file=sys.stderr)
         return 130
     except Exception as e:
-        if "DataError: " in str(e):  # raised inside a DataLoader worker, re-raised with its traceback
-            line = next(l for l in str(e).splitlines() if "DataError: " in l)
-            print(f"error: {line.split('DataError: ', 1)[1]}", file=sys.stderr)
+        if "DataError: " in str(e):  # a DataLoader worker's DataError that torch re-raised as another type
+            print(f"error: {error_line(e)}", file=sys.stderr)
             return 2
         raise
     finally:

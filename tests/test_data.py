@@ -1,7 +1,9 @@
 """Data loaders on small files written in the real on-disk formats, read by the real torchvision classes."""
 import gzip
+import json
 import os
 import pickle
+import shutil
 import struct
 
 import numpy as np
@@ -12,6 +14,7 @@ from PIL import Image
 from torchvision import datasets
 
 import data_pipeline
+import evaluate_model
 import train_vision_mamba
 from config import apply_overrides, get_preset
 from data_pipeline import (ArraySplit, DataError, EpochDataLoader, ResidentLoader, _ArrayDataset, _Transformed,
@@ -165,14 +168,15 @@ def test_image_folder_trains_and_resizes(tmp_path, resident):
     assert state["class_names"] == ["cat", "dog", "fox"] and state["model_shape"]["img_size"] == 16
 
 
-@pytest.mark.parametrize("resident", ["off", "on"])
-def test_corrupt_image_is_named_and_exits_2(tmp_path, resident, capsys):
+@pytest.mark.parametrize("resident,workers", [("off", 0), ("off", 1), ("on", 0)])
+def test_corrupt_image_is_named_and_exits_2(tmp_path, resident, workers, capsys):
+    # with a worker process torch re-raises the error with the worker's traceback in its message
     write_image_folder(str(tmp_path / "tree"))
     bad = tmp_path / "tree" / "train" / "dog" / "3.png"
     bad.write_bytes(b"not a png at all")
     code = train_vision_mamba.main(["--config", "imagefolder", "--data_dir", str(tmp_path / "tree"), "--output_dir",
                                     str(tmp_path / "out"), "--epochs", "1", "--batch_size", "4", *SMALL,
-                                    "--set", f"data.gpu_resident={resident}", "--set", "data.num_workers=0"])
+                                    "--set", f"data.gpu_resident={resident}", "--set", f"data.num_workers={workers}"])
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(bad) in err[0]
@@ -191,6 +195,37 @@ def test_image_folder_decoded_by_worker_processes_equals_in_process(tmp_path, mo
     bad.write_bytes(b"truncated")
     with pytest.raises(DataError, match="cannot read image .*1.png"):
         data_pipeline.decode_image_folder(folder, 8, workers=2)
+
+
+@pytest.mark.parametrize("layout", ["classes_at_the_root", "train_only"])
+def test_image_folder_without_an_evaluation_folder_holds_out_a_fixed_test_set(tmp_path, layout):
+    root = tmp_path / "tree"
+    write_image_folder(str(root), ("train",), per_class=10)
+    if layout == "classes_at_the_root":
+        for name in ("cat", "dog", "fox"):
+            shutil.move(str(root / "train" / name), str(root / name))
+        (root / "train").rmdir()
+    train, test = data_pipeline._imagefolder_splits(str(root), 0.2)
+    train_paths, test_paths = {p for p, _ in train.samples}, {p for p, _ in test.samples}
+    assert len(train_paths) == 24 and len(test_paths) == 6 and not train_paths & test_paths
+    assert sorted(t for _, t in test.samples) == [0, 0, 1, 1, 2, 2] and train.classes == test.classes == ["cat", "dog", "fox"]
+    # the same images every time: not drawn with the training seed
+    assert {p for p, _ in data_pipeline._imagefolder_splits(str(root), 0.2)[1].samples} == test_paths
+    # training and then evaluating the checkpoint see that same held-out test set
+    log = run_training(tmp_path, root, "imagefolder", "--set", "data.img_size=16", "--set", "data.test_fraction=0.2",
+                       "--seed", "3")
+    assert log["finished"]
+    checkpoint = tmp_path / "out" / "checkpoints" / "vision_mamba_imagefolder" / "final_model.pth"
+    assert evaluate_model.main(["--checkpoint", str(checkpoint), "--output_dir", str(tmp_path / "ev")]) == 0
+    with open(tmp_path / "ev" / "metrics.json") as f:
+        assert json.load(f)["num_samples"] == 6
+
+
+def test_image_folder_with_val_but_no_train_folder_is_refused(tmp_path):
+    write_image_folder(str(tmp_path / "tree"), ("val",))
+    config = apply_overrides(get_preset("imagefolder"), {"data.data_dir": str(tmp_path / "tree")})
+    with pytest.raises(DataError, match="no ImageFolder tree .*train/<class>"):
+        create_data_loaders(config)
 
 
 def test_missing_image_folder_tree(tmp_path):
