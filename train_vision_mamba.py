@@ -25,6 +25,7 @@ import signal
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -245,6 +246,33 @@ def make_schedulers(optimizer, t, steps_per_epoch):
     return per_step, plateau, warmup
 
 
+# What the per-step lr schedule is a function of, besides the step and the number of processes.
+SCHEDULE_FIELDS = ("training.epochs", "training.warmup_epochs", "training.scheduler", "training.lr", "training.min_lr",
+                   "training.step_epochs", "training.step_gamma", "training.lr_scaling", "data.batch_size")
+
+
+def schedule_changes(old, new):
+    """The SCHEDULE_FIELDS whose values differ between two config dicts."""
+    def value(config, field):
+        section, key = field.split(".")
+        return config[section][key]
+    return [field for field in SCHEDULE_FIELDS if value(old, field) != value(new, field)]
+
+
+def schedule_at_step(optimizer, t, steps_per_epoch, lr, step):
+    """A fresh per-step schedule for config t, advanced to `step`: the schedule is a function of
+    the step alone, so replaying it gives the lr a run with these settings would have there."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+        group.pop("initial_lr", None)
+    scheduler, _, _ = make_schedulers(optimizer, t, steps_per_epoch)
+    with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(step):
+            scheduler.step()
+    return scheduler
+
+
 def amp_dtype(config, device):
     mode = config.training.amp
     if mode == "auto":
@@ -426,7 +454,16 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
     if resume_state is not None:
         model.load_state_dict(resume_state["model"])
         optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
+        changed = schedule_changes(checkpoint_config(resume_state).to_dict(), config.to_dict())
+        if not changed:
+            scheduler.load_state_dict(resume_state["scheduler"])
+        elif plateau is not None:
+            raise ConfigError(f"{', '.join(changed)} changed since the checkpoint, and a plateau schedule's reductions "
+                              "cannot be replayed; resume with the checkpoint's values, or start a new run")
+        else:  # e.g. more epochs: the new schedule, at the step the run has reached
+            scheduler = schedule_at_step(optimizer, t, steps_per_epoch, lr, resume_state["global_step"])
+            console(f"lr schedule rebuilt for the changed {', '.join(changed)}, continued from step "
+                    f"{resume_state['global_step']}: lr {optimizer.param_groups[0]['lr']:.3g}")
         if plateau is not None:
             plateau.load_state_dict(resume_state["plateau"])
         scaler.load_state_dict(resume_state["scaler"])

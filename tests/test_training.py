@@ -72,6 +72,28 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path):
     assert log_a["test_acc"] == log_b["test_acc"]
 
 
+def test_resume_with_more_epochs_continues_the_longer_schedule(tmp_path, capsys):
+    # a finished 2-epoch run extended to 4: its last epochs follow a 4-epoch schedule from step 2 x steps,
+    # ending at min_lr, instead of a 2-epoch cosine restarting past its end
+    longer = tmp_path / "longer"
+    assert train_vision_mamba.main(train_args(longer, epochs=4)) == 0
+    extended = tmp_path / "extended"
+    assert train_vision_mamba.main(train_args(extended, epochs=2)) == 0
+    capsys.readouterr()
+    assert train_vision_mamba.main(train_args(extended, "--resume", "auto", epochs=4)) == 0
+    assert "lr schedule rebuilt for the changed training.epochs" in capsys.readouterr().out
+    lrs = [row["lr"] for row in read_log(extended)["epochs"]]
+    assert len(lrs) == 4 and lrs[2:] == [row["lr"] for row in read_log(longer)["epochs"]][2:]
+
+
+def test_resume_refuses_a_changed_plateau_schedule(tmp_path):
+    args = train_args(tmp_path, "--set", "training.scheduler=plateau", epochs=1)
+    assert train_vision_mamba.main(args) == 0
+    result = run_script("train_vision_mamba.py", train_args(tmp_path, "--set", "training.scheduler=plateau", "--resume", "auto",
+                                                            epochs=3))
+    assert_one_line_error(result, "training.epochs changed since the checkpoint", "plateau")
+
+
 def test_early_stopping_stops_and_keeps_the_best(tmp_path):
     # an improvement of more than 1.0 in accuracy is impossible: every epoch after the first is "bad"
     args = train_args(tmp_path, "--set", "training.early_stopping_patience=2", "--set", "training.early_stopping_min_delta=1.0",
