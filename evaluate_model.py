@@ -1,7 +1,7 @@
 """Evaluate a trained Vision Mamba checkpoint, or predict on your own pictures.
 
     python evaluate_model.py --checkpoint ./checkpoints/vision_mamba_cifar10/best_model.pth --output_dir ./evaluation_results
-    python evaluate_model.py --checkpoint best_model.pth --images cat.png dog.jpg --top_k 3
+    python evaluate_model.py --checkpoint best_model.pth --images cat.png dog.jpg my_pictures/ --top_k 3
 
 The model is rebuilt from the config stored in the checkpoint and evaluated on the dataset it
 was trained on (the test split by default; --split val gives the validation split carved from
@@ -38,7 +38,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--tta", action="store_true", help="average each image's logits with its mirror's")
     p.add_argument("--num_samples", type=int, default=32, help="images in sample_predictions.png / misclassified.png")
-    p.add_argument("--images", nargs="+", default=None, help="predict these image files instead of evaluating a dataset")
+    p.add_argument("--images", nargs="+", default=None,
+                   help="predict these image files (a folder: every image in it) instead of evaluating a dataset")
     p.add_argument("--top_k", type=int, default=3)
     args = p.parse_args(argv)
     if args.images is None and args.output_dir is None:
@@ -67,6 +68,22 @@ def load_image(path, info):
     tensor = torch.from_numpy(array).view(info.img_size, info.img_size, -1).permute(2, 0, 1)
     mean, std = torch.tensor(info.mean).view(-1, 1, 1), torch.tensor(info.std).view(-1, 1, 1)
     return ((tensor - mean) / std)[None]
+
+
+def image_files(paths):
+    """The given paths, each folder replaced by the image files under it (sorted)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+    files = []
+    for path in paths:
+        if not os.path.isdir(path):
+            files.append(path)
+            continue
+        found = sorted(os.path.join(folder, name) for folder, _, names in os.walk(path) for name in names
+                       if name.lower().endswith(IMG_EXTENSIONS))
+        if not found:
+            raise UsageError(f"{path} holds no image files ({' '.join(IMG_EXTENSIONS)})")
+        files += found
+    return files
 
 
 def predict_files(model, paths, info, class_names, device, top_k):
@@ -157,7 +174,7 @@ def main(argv=None):
             info = dataset_info(config)
             if state.get("model_shape"):
                 info = info.__class__(**{**info.__dict__, **state["model_shape"]})
-            for path, top in predict_files(model, args.images, info, class_names, device, args.top_k):
+            for path, top in predict_files(model, image_files(args.images), info, class_names, device, args.top_k):
                 print(f"{path}: " + ", ".join(f"{name} {p:.1%}" for name, p in top))
             return 0
         check_output_writable(args.output_dir)

@@ -68,6 +68,21 @@ def test_predicting_on_user_images(checkpoint, tmp_path, capsys):
     assert str(bad) in capsys.readouterr().err
 
 
+def test_predicting_on_a_folder_of_images(checkpoint, tmp_path, capsys):
+    folder = tmp_path / "pictures"
+    (folder / "more").mkdir(parents=True)
+    for i, name in enumerate(("b.png", "a.jpg", "more/c.PNG")):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(folder / name,
+                                                                                                  format="PNG" if "png" in name.lower() else "JPEG")
+    (folder / "notes.txt").write_text("not an image")
+    assert evaluate_model.main(["--checkpoint", str(checkpoint), "--images", str(folder)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == [str(folder / "a.jpg"), str(folder / "b.png"), str(folder / "more" / "c.PNG")]
+    (tmp_path / "empty").mkdir()
+    assert evaluate_model.main(["--checkpoint", str(checkpoint), "--images", str(tmp_path / "empty")]) == 2
+    assert "holds no image files" in capsys.readouterr().err
+
+
 def test_evaluate_requires_an_output_dir(checkpoint, capsys):
     assert evaluate_model.main(["--checkpoint", str(checkpoint)]) == 2
     assert "--output_dir is required" in capsys.readouterr().err
