@@ -248,7 +248,7 @@ def make_schedulers(optimizer, t, steps_per_epoch):
 
 # What the per-step lr schedule is a function of, besides the step and the number of processes.
 SCHEDULE_FIELDS = ("training.epochs", "training.warmup_epochs", "training.scheduler", "training.lr", "training.min_lr",
-                   "training.step_epochs", "training.step_gamma", "training.lr_scaling", "data.batch_size")
+                   "training.step_epochs", "training.step_gamma", "training.lr_scaling")
 
 
 def schedule_changes(old, new):
@@ -814,6 +814,9 @@ def prepare(argv):
             # a resumed run keeps its stored config; only what this command line sets explicitly changes
             base = checkpoint_config(resume_state, resume_path)
             config = apply_overrides(base, overrides)
+            if config.data.batch_size != base.data.batch_size:  # the stored position in the epoch counts batches
+                raise ConfigError(f"data.batch_size {config.data.batch_size} differs from the checkpoint's "
+                                  f"{base.data.batch_size}: a resumed run keeps its batch size; start a new run for another")
             paths = experiment_paths(config)
         else:
             print(f"no checkpoint to resume in {paths.checkpoints}; starting from scratch", file=sys.stderr)

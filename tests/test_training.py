@@ -86,12 +86,15 @@ def test_resume_with_more_epochs_continues_the_longer_schedule(tmp_path, capsys)
     assert len(lrs) == 4 and lrs[2:] == [row["lr"] for row in read_log(longer)["epochs"]][2:]
 
 
-def test_resume_refuses_a_changed_plateau_schedule(tmp_path):
+def test_resume_refuses_a_changed_plateau_schedule_and_a_changed_batch_size(tmp_path):
     args = train_args(tmp_path, "--set", "training.scheduler=plateau", epochs=1)
     assert train_vision_mamba.main(args) == 0
     result = run_script("train_vision_mamba.py", train_args(tmp_path, "--set", "training.scheduler=plateau", "--resume", "auto",
                                                             epochs=3))
     assert_one_line_error(result, "training.epochs changed since the checkpoint", "plateau")
+    result = run_script("train_vision_mamba.py", train_args(tmp_path, "--set", "training.scheduler=plateau", "--resume", "auto",
+                                                            "--batch_size", "16", epochs=1))
+    assert_one_line_error(result, "data.batch_size 16 differs from the checkpoint's 32")
 
 
 def test_early_stopping_stops_and_keeps_the_best(tmp_path):
