@@ -494,7 +494,8 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
                "effective_batch_size": config.data.batch_size * runtime.world_size,
                "lr_scaling": t.lr_scaling, "effective_lr": lr, "gpu_resident_data": data.resident,
                "compiled": compiled, "compile_mode": compile_mode,
-               "amp": str(dtype).replace("torch.", "") if dtype else "off", "epochs": history}
+               "amp": str(dtype).replace("torch.", "") if dtype else "off", "epochs": history,
+               "best_epoch": best_epoch, "best_val": stopper.best, "monitor": t.monitor}  # a resumed run's so far
     prepare_output_folders(paths, runtime, overwrite)
     writer = None
     if runtime.main and config.logging.tensorboard:

@@ -72,6 +72,17 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path):
     assert log_a["test_acc"] == log_b["test_acc"]
 
 
+def test_resuming_a_finished_run_keeps_its_log(tmp_path, capsys):
+    assert train_vision_mamba.main(train_args(tmp_path, epochs=2)) == 0
+    before = read_log(tmp_path)
+    capsys.readouterr()
+    assert train_vision_mamba.main(train_args(tmp_path, "--resume", "auto", epochs=2)) == 0
+    after = read_log(tmp_path)
+    for key in ("best_epoch", "best_val", "monitor", "test_acc", "epochs"):
+        assert after[key] == before[key], key
+    assert f"best epoch {before['best_epoch']}," in capsys.readouterr().out
+
+
 def test_resume_with_more_epochs_continues_the_longer_schedule(tmp_path, capsys):
     # a finished 2-epoch run extended to 4: its last epochs follow a 4-epoch schedule from step 2 x steps,
     # ending at min_lr, instead of a 2-epoch cosine restarting past its end
