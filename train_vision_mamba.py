@@ -246,17 +246,14 @@ def make_schedulers(optimizer, t, steps_per_epoch):
     return per_step, plateau, warmup
 
 
-# What the per-step lr schedule is a function of, besides the step and the number of processes.
-SCHEDULE_FIELDS = ("training.epochs", "training.warmup_epochs", "training.scheduler", "training.lr", "training.min_lr",
-                   "training.step_epochs", "training.step_gamma", "training.lr_scaling")
+# What the per-step lr schedule is a function of (training.* fields), besides the step and the
+# number of processes.
+SCHEDULE_FIELDS = ("epochs", "warmup_epochs", "scheduler", "lr", "min_lr", "step_epochs", "step_gamma", "lr_scaling")
 
 
 def schedule_changes(old, new):
-    """The SCHEDULE_FIELDS whose values differ between two config dicts."""
-    def value(config, field):
-        section, key = field.split(".")
-        return config[section][key]
-    return [field for field in SCHEDULE_FIELDS if value(old, field) != value(new, field)]
+    """The training.* schedule fields whose values differ between two configs."""
+    return [f"training.{k}" for k in SCHEDULE_FIELDS if getattr(old.training, k) != getattr(new.training, k)]
 
 
 def schedule_at_step(optimizer, t, steps_per_epoch, lr, step):
@@ -454,12 +451,9 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
     if resume_state is not None:
         model.load_state_dict(resume_state["model"])
         optimizer.load_state_dict(resume_state["optimizer"])
-        changed = schedule_changes(checkpoint_config(resume_state).to_dict(), config.to_dict())
+        changed = schedule_changes(checkpoint_config(resume_state), config)  # never under plateau: prepare() refuses
         if not changed:
             scheduler.load_state_dict(resume_state["scheduler"])
-        elif plateau is not None:
-            raise ConfigError(f"{', '.join(changed)} changed since the checkpoint, and a plateau schedule's reductions "
-                              "cannot be replayed; resume with the checkpoint's values, or start a new run")
         else:  # e.g. more epochs: the new schedule, at the step the run has reached
             scheduler = schedule_at_step(optimizer, t, steps_per_epoch, lr, resume_state["global_step"])
             console(f"lr schedule rebuilt for the changed {', '.join(changed)}, continued from step "
@@ -616,7 +610,7 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
                 if runtime.main:
                     _prune_epoch_checkpoints(paths.checkpoints, config.logging.keep_last)
             if runtime.main:
-                summary.update(best_epoch=best_epoch, best_val=stopper.best, monitor=t.monitor, first_step_s=first_step_s,
+                summary.update(best_epoch=best_epoch, best_val=stopper.best, first_step_s=first_step_s,
                                elapsed_s=time.time() - started)
                 write_json(os.path.join(paths.logs, "training_log.json"), summary)
                 if writer is not None:
@@ -818,6 +812,10 @@ def prepare(argv):
             if config.data.batch_size != base.data.batch_size:  # the stored position in the epoch counts batches
                 raise ConfigError(f"data.batch_size {config.data.batch_size} differs from the checkpoint's "
                                   f"{base.data.batch_size}: a resumed run keeps its batch size; start a new run for another")
+            changed = schedule_changes(base, config)
+            if changed and config.training.scheduler == "plateau":
+                raise ConfigError(f"{', '.join(changed)} changed since the checkpoint, and a plateau schedule's reductions "
+                                  "cannot be replayed; resume with the checkpoint's values, or start a new run")
             paths = experiment_paths(config)
         else:
             print(f"no checkpoint to resume in {paths.checkpoints}; starting from scratch", file=sys.stderr)
@@ -844,7 +842,7 @@ def main(argv=None):
     try:
         with automatic:
             result = train(config, paths, runtime, resume_state, console, overwrite=args.overwrite and resume_state is None)
-    except USER_ERRORS as e:
+    except USER_ERRORS as e:  # also a DataLoader worker's: torch re-raises it as the same type
         print(f"error: {error_line(e)}", file=sys.stderr)
         return 2
     except torch._dynamo.exc.BackendCompilerFailed as e:
@@ -863,11 +861,6 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("stopped at once; the last saved checkpoint is intact", file=sys.stderr)
         return 130
-    except Exception as e:
-        if "DataError: " in str(e):  # a DataLoader worker's DataError that torch re-raised as another type
-            print(f"error: {error_line(e)}", file=sys.stderr)
-            return 2
-        raise
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
