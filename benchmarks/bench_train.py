@@ -18,11 +18,13 @@ step as torch.utils.flop_counter counts them, over step time, against --peak_tfl
 memory and compile time (the first step). Prints a table and appends JSON rows to --json.
 """
 import argparse
+import collections
 import itertools
 import json
 import os
 import sys
 import time
+import warnings
 from unittest import mock
 
 import numpy as np
@@ -103,15 +105,26 @@ def bench(args, device, size, block_type, batch_size):
     synchronize(device)
     step_s = (time.perf_counter() - start) / args.steps
 
+    syncs = None
+    if args.sync_debug and device.type == "cuda":  # where the host waits for the GPU inside a step
+        syncs = count_syncs(lambda: step(*next(batches), step_model), SYNC_CHECKED_STEPS)
+        print(f"# {size} {block_type} batch {batch_size}: {sum(syncs.values()) / SYNC_CHECKED_STEPS:g} host-GPU "
+              f"synchronisations per step" + "".join(f"\n#   {n / SYNC_CHECKED_STEPS:g}x {where}" for where, n in syncs.items()))
+    kernel_ms = None
     if args.profile:  # where the step's time goes, kernel by kernel
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with profile(activities=activities) as prof:
-            for _ in range(3):
+            for _ in range(PROFILED_STEPS):
                 step(*next(batches), step_model)
             synchronize(device)
         sort_key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-        print(f"# {size} {block_type} batch {batch_size}: 3 steps, top kernels by {sort_key}")
+        print(f"# {size} {block_type} batch {batch_size}: {PROFILED_STEPS} steps, top kernels by {sort_key}")
         print(prof.key_averages().table(sort_by=sort_key, row_limit=15, max_name_column_width=60))
+        if device.type == "cuda":
+            # GPU kernel time per step against the unprofiled step time: well under 100% means the GPU
+            # waits on the host (Python, launches, synchronisation), which CUDA graphs or fewer kernels would cut
+            kernel_ms = gpu_kernel_us(prof) / PROFILED_STEPS / 1e3
+            print(f"# GPU kernel time {kernel_ms:.1f} ms per step = {kernel_ms / (step_s * 1e3):.0%} of the {step_s * 1e3:.1f} ms step")
 
     batches = endless_batches(data.train)  # the data path alone, same number of batches
     start = time.perf_counter()
@@ -126,10 +139,36 @@ def bench(args, device, size, block_type, batch_size):
             "step_ms": round(step_s * 1e3, 2), "data_ms": round(data_s * 1e3, 3),
             "data_fraction": round(data_s / step_s, 4), "gflop_per_step": round(flops_per_step / 1e9, 1),
             "mfu": float(f"{flops_per_step / step_s / (args.peak_tflops * 1e12):.4g}"), "peak_tflops": args.peak_tflops, "compile_s": round(compile_s, 1), "compile_mode": compile_mode,
+            "syncs_per_step": None if syncs is None else sum(syncs.values()) / SYNC_CHECKED_STEPS,
+            "gpu_kernel_ms": None if kernel_ms is None else round(kernel_ms, 2),
             "ema": ema is not None, "mixing": mixing, "stem": config.model.stem,
             "peak_mem_mib": peak, "resident": data.resident, "torch": torch.__version__,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "date": time.strftime("%Y-%m-%d")}
+
+
+PROFILED_STEPS = 3
+SYNC_CHECKED_STEPS = 3
+
+
+def count_syncs(run_step, steps):
+    """{'file:line': count} of the host-GPU synchronisations (torch.cuda's sync debug mode) over `steps` calls."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(steps):
+                run_step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return collections.Counter(f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message))
+
+
+def gpu_kernel_us(prof):
+    """Microseconds the GPU spent in kernels and copies over a profile (device time of events that ran on it)."""
+    return sum(event.self_device_time_total for event in prof.key_averages()
+               if event.device_type == torch.autograd.DeviceType.CUDA)
 
 
 def endless_batches(loader):
@@ -158,6 +197,8 @@ def main():
     parser.add_argument("--peak_tflops", type=float, default=790.0,
                         help="the GPU's bf16 matmul rate the MFU is measured against (H200: about 790, measured)")
     parser.add_argument("--profile", action="store_true", help="also print the top kernels of 3 steps (torch.profiler)")
+    parser.add_argument("--sync_debug", action="store_true",
+                        help="CUDA: count the host-GPU synchronisations of 3 steps and say where they happen")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     device = torch.device(args.device)

@@ -112,3 +112,15 @@ def test_run_seeds_reports_a_failed_run_and_an_unwritable_folder(tmp_path):
     blocker.write_text("")
     result = run_script("benchmarks/run_seeds.py", ["--output_dir", str(blocker / "sub")])
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "cannot write to --output_dir" in result.stderr
+
+
+def test_gpu_kernel_time_counts_only_what_ran_on_the_gpu(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    import types
+
+    import bench_train
+    cpu, cuda = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
+    events = [types.SimpleNamespace(device_type=cuda, self_device_time_total=120.0),
+              types.SimpleNamespace(device_type=cpu, self_device_time_total=0.0),  # an aten op: its kernels are listed apart
+              types.SimpleNamespace(device_type=cuda, self_device_time_total=30.5)]
+    assert bench_train.gpu_kernel_us(types.SimpleNamespace(key_averages=lambda: events)) == 150.5

@@ -77,3 +77,22 @@ def test_compiled_eval_over_changing_batch_sizes_equals_eager():
                 fast, eager = compiled(x).float(), model(x).float()
             assert torch.isfinite(fast).all()
             assert rel_err(fast, exact) < 2 * rel_err(eager, exact) + 1e-3, (batch, rel_err(fast, exact), rel_err(eager, exact))
+
+
+def test_training_step_never_waits_for_the_gpu():
+    # one host-GPU synchronisation a step (AveragedModel's update did one) lets the GPU run dry while the next
+    # step is queued; train_step with EMA, clipping and fused AdamW must have none
+    import os
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    from bench_train import count_syncs
+    from config import get_preset
+    from train_vision_mamba import make_step_parts, train_step
+    torch.manual_seed(0)
+    t = get_preset("cifar10").training
+    model = create_model("tiny", depth=2).cuda()
+    criterion, optimizer, scaler, ema = make_step_parts(model, t, t.lr, torch.device("cuda"), torch.bfloat16)
+    images, labels = torch.randn(16, 3, 32, 32, device="cuda"), torch.randint(0, 10, (16,), device="cuda")
+    step = lambda: train_step(model, model, images, labels, criterion, optimizer, scaler, ema, torch.bfloat16, t.grad_clip)  # noqa: E731
+    step()  # first calls may set things up (the EMA's copy, optimizer state)
+    assert count_syncs(step, 3) == {}

@@ -306,13 +306,16 @@ def test_ema_follows_its_warmup_formula_and_copies_integer_buffers():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
     ema = AveragedModel(model, multi_avg_fn=train_vision_mamba.ema_with_warmup(0.5), use_buffers=True)
+    # torch's own update_parameters on a twin: update_ema must do what it does, only without its host sync
+    twin = AveragedModel(model, multi_avg_fn=train_vision_mamba.ema_with_warmup(0.5), use_buffers=True)
     expected = None
     for n in range(20):
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(torch.randn_like(p))
         model(torch.randn(4, 3))
-        ema.update_parameters(model)
+        train_vision_mamba.update_ema(ema, model)
+        twin.update_parameters(model)
         current = [p.detach().clone() for p in model.parameters()]
         if expected is None:  # the first update copies the weights
             expected = current
@@ -322,3 +325,6 @@ def test_ema_follows_its_warmup_formula_and_copies_integer_buffers():
     for e, p in zip(expected, ema.module.parameters()):
         torch.testing.assert_close(p, e)
     assert int(ema.module[1].num_batches_tracked) == int(model[1].num_batches_tracked) == 20
+    assert int(ema.n_averaged) == int(twin.n_averaged) == 20 and ema.n_averaged.device.type == "cpu"
+    for ours, torchs in zip(ema.state_dict().values(), twin.state_dict().values()):
+        torch.testing.assert_close(ours, torchs, rtol=0, atol=0)
