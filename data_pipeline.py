@@ -17,6 +17,7 @@ import gzip
 import math
 import os
 import shutil
+import signal
 from dataclasses import dataclass
 
 import numpy as np
@@ -358,6 +359,14 @@ def _hflip(info, cfg):
     return info.hflip if cfg.hflip is None else cfg.hflip
 
 
+def leave_stop_signals_to_the_main_process(worker_id):
+    """DataLoader workers ignore SIGINT and SIGTERM. Ctrl-C, `timeout` and Slurm signal every process of
+    the job; a worker killed by the signal made the main process raise instead of saving its checkpoint.
+    The main process shuts its workers down itself, and they exit on their own if it dies."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class EpochDataLoader:
     """A DataLoader whose shuffle and worker seeds are fixed by (seed, epoch), with set_epoch and
     a resumable start index, and a DistributedSampler when world_size > 1."""
@@ -372,7 +381,7 @@ class EpochDataLoader:
         self.loader = torch.utils.data.DataLoader(
             dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
             num_workers=num_workers, pin_memory=pin_memory, drop_last=False, generator=self.generator,
-            persistent_workers=False)
+            persistent_workers=False, worker_init_fn=leave_stop_signals_to_the_main_process)
 
     def set_epoch(self, epoch):
         self.epoch = epoch

@@ -14,7 +14,7 @@ import checkpoints
 import evaluate_model
 import train_vision_mamba
 from checkpoints import CheckpointError, find_latest_checkpoint, load_checkpoint, save_checkpoint
-from helpers import ROOT, final_weights, read_log, run_script, train_args
+from helpers import ROOT, SMALL, final_weights, read_log, run_script, train_args
 
 EPOCHS = 4
 
@@ -177,3 +177,27 @@ def test_resume_auto_skips_damaged_checkpoints_with_a_warning(baseline, tmp_path
     warnings = []
     assert find_latest_checkpoint(str(folder), warn=warnings.append) == str(folder / "checkpoint_epoch_2.pth")
     assert len(warnings) == 1 and "last_checkpoint.pth" in warnings[0]
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_stop_signal_to_the_whole_process_group_still_saves_with_dataloader_workers(tmp_path, sig, code):
+    # Ctrl-C, `timeout` and Slurm signal every process of the job, DataLoader workers included; a worker killed by the
+    # signal made the main process raise "DataLoader worker ... is killed by signal" instead of saving and exiting
+    from test_data import write_image_folder
+    write_image_folder(str(tmp_path / "tree"), ("train", "test"), per_class=40)
+    args = ["--config", "imagefolder", "--data_dir", str(tmp_path / "tree"), "--output_dir", str(tmp_path / "out"),
+            "--epochs", "200", "--batch_size", "4", *SMALL, "--set", "data.img_size=16", "--set", "data.gpu_resident=off",
+            "--set", "data.num_workers=2"]
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train_vision_mamba.py"), *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    log = tmp_path / "out" / "logs" / "vision_mamba_imagefolder" / "training_log.json"
+    deadline = time.time() + 120
+    while not log.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # inside the next epoch, its workers running
+    os.killpg(proc.pid, sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, (proc.returncode, err[-2000:])
+    assert "Traceback" not in err and "resume with:" in err
+    state = load_checkpoint(str(tmp_path / "out" / "checkpoints" / "vision_mamba_imagefolder" / "last_checkpoint.pth"))
+    assert state["epoch"] >= 1 or state["step_in_epoch"] > 0
