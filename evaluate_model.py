@@ -178,7 +178,13 @@ def main(argv=None):
                 print(f"{path}: " + ", ".join(f"{name} {p:.1%}" for name, p in top))
             return 0
         check_output_writable(args.output_dir)
-        data = create_data_loaders(config, device)
+        try:
+            data = create_data_loaders(config, device)
+        except DataError as e:
+            if args.data_dir:
+                raise
+            raise DataError(f"{error_line(e)} (the data_dir stored in {args.checkpoint}; if the data moved since "
+                            "training, give --data_dir)") from None
         if data.class_names != class_names:
             raise CheckpointError(f"{args.checkpoint} was trained on classes {class_names[:5]}... but the data has "
                                   f"{data.class_names[:5]}...; point --data_dir at the training data")

@@ -96,3 +96,22 @@ def test_demo_passes(tmp_path):
         assert size in result.stdout
     assert (tmp_path / "logs" / "vision_mamba_demo" / "evaluation" / "metrics.json").exists()
     assert (tmp_path / "checkpoints" / "vision_mamba_demo" / "best_model.pth").exists()
+
+
+def test_moved_data_is_one_line_naming_data_dir_and_data_dir_finds_it(tmp_path, capsys):
+    from helpers import SMALL
+    from test_data import write_image_folder
+    tree = tmp_path / "tree"
+    write_image_folder(str(tree), ("train", "test"))
+    assert train_vision_mamba.main(["--config", "imagefolder", "--data_dir", str(tree), "--output_dir", str(tmp_path / "run"),
+                                    "--epochs", "1", "--batch_size", "8", *SMALL, "--set", "data.img_size=16"]) == 0
+    checkpoint = str(tmp_path / "run" / "checkpoints" / "vision_mamba_imagefolder" / "best_model.pth")
+    tree.rename(tmp_path / "moved")
+    capsys.readouterr()
+    assert evaluate_model.main(["--checkpoint", checkpoint, "--output_dir", str(tmp_path / "ev")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(tree) in err[0] and "give --data_dir" in err[0]
+    assert not (tmp_path / "ev").exists()
+    assert evaluate_model.main(["--checkpoint", checkpoint, "--output_dir", str(tmp_path / "ev"),
+                                "--data_dir", str(tmp_path / "moved")]) == 0
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["num_samples"] == 24
