@@ -452,6 +452,7 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
         torch.backends.cudnn.allow_tf32 = True
 
     data = create_data_loaders(config, device, runtime.rank, runtime.world_size)
+    data_load_s = time.time() - started
     info, dtype = data.info, amp_dtype(config, device)
     model = build_model(config, info).to(device)
     lr = effective_lr(config, runtime.world_size)
@@ -509,7 +510,7 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
                "effective_batch_size": config.data.batch_size * runtime.world_size,
                "lr_scaling": t.lr_scaling, "effective_lr": lr, "gpu_resident_data": data.resident,
                "compiled": compiled, "compile_mode": compile_mode,
-               "amp": str(dtype).replace("torch.", "") if dtype else "off", "epochs": history,
+               "amp": str(dtype).replace("torch.", "") if dtype else "off", "data_load_s": data_load_s, "epochs": history,
                "best_epoch": best_epoch, "best_val": stopper.best, "monitor": t.monitor}  # a resumed run's so far
     prepare_output_folders(paths, runtime, overwrite)
     writer = None
@@ -520,7 +521,7 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
         console(f"{config.experiment_name}: {summary['num_params'] / 1e6:.2f}M params, {info.num_classes} classes, "
                 f"{steps_per_epoch} steps/epoch, batch {config.data.batch_size} x {runtime.world_size} process(es), "
                 f"device {device}, amp {summary['amp']}, compile {compile_mode}, "
-                f"data {'resident on ' + str(device) if data.resident else 'DataLoader'}")
+                f"data {'resident on ' + str(device) if data.resident else 'DataLoader'} (loaded in {data_load_s:.1f}s)")
 
     def checkpoint_state(epoch, step_in_epoch, partial_sums=None):
         return {"format": FORMAT, "model": model.state_dict(),
@@ -769,6 +770,7 @@ def _stop_requested(signals, runtime, step, interval):
 def _finish(config, paths, summary, history, class_names, data, eval_model, eval_module, device, dtype, tta,
             writer, started, console):
     """Test the best model once, then write the figures, the final log and the hyperparameters."""
+    test_started = time.time()
     best_path = os.path.join(paths.checkpoints, "best_model.pth")
     if os.path.exists(best_path):
         best = load_checkpoint(best_path)
@@ -777,7 +779,7 @@ def _finish(config, paths, summary, history, class_names, data, eval_model, eval
     test_loss, test_acc = loss_and_accuracy(logits, labels)
     metrics, cm, _ = classification_metrics(labels.numpy(), logits.argmax(1).numpy(), class_names)
     summary.update(test_loss=test_loss, test_acc=test_acc, test_tta=tta, test_macro_f1=metrics["macro"]["f1"],
-                   total_time_s=time.time() - started, finished=True)
+                   test_s=time.time() - test_started, total_time_s=time.time() - started, finished=True)
     write_json(os.path.join(paths.logs, "training_log.json"), summary)
     plot_training_curves(history, os.path.join(paths.logs, "training_curves.png"))
     plot_confusion_matrix(cm, class_names, os.path.join(paths.logs, "confusion_matrix.png"),

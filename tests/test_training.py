@@ -28,6 +28,9 @@ def test_training_writes_every_output(digits_run):
     assert len(log["epochs"]) == 3 and all(EPOCH_KEYS <= set(row) for row in log["epochs"])
     assert all(0 <= row["train_acc"] <= 1 and 0 <= row["val_acc"] <= 1 for row in log["epochs"])
     assert 0 <= log["test_acc"] <= 1 and log["config"]["model"]["depth"] == 2
+    # where the whole run's time went besides the epochs: loading the data, the final test
+    epochs_s = sum(row["epoch_time"] for row in log["epochs"])
+    assert 0 < log["data_load_s"] and 0 < log["test_s"] and log["data_load_s"] + epochs_s + log["test_s"] <= log["total_time_s"]
     assert_png(logs / "training_curves.png")
     assert_png(logs / "confusion_matrix.png")
 
