@@ -354,16 +354,24 @@ class EarlyStopping:
 
 @torch.no_grad()
 def predict(model, loader, device, dtype=None, tta=False):
-    """Logits (float32, CPU) and labels over a loader; tta averages each image with its mirror."""
+    """Logits (float32, CPU) and labels over a loader; tta averages each image with its mirror.
+
+    A shorter last batch is padded to the first batch's size and the padding's logits dropped:
+    a compiled model then sees one batch shape, instead of compiling a second, dynamic-shape graph
+    for the last batch of the first validation (every op is per image, so padding changes no logit)."""
     model.eval()
-    all_logits, all_labels = [], []
+    all_logits, all_labels, full = [], [], None
     for images, labels in loader:
         images = images.to(device, non_blocking=True)
+        count = images.shape[0]
+        full = full or count
+        if count < full:
+            images = torch.cat([images, images.new_zeros((full - count, *images.shape[1:]))])
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(images).float()
             if tta:
                 logits = (logits + model(images.flip(3)).float()) / 2
-        all_logits.append(logits.cpu())
+        all_logits.append(logits[:count].cpu())
         all_labels.append(labels.cpu())
     return torch.cat(all_logits), torch.cat(all_labels)
 

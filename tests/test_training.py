@@ -331,3 +331,23 @@ def test_ema_follows_its_warmup_formula_and_copies_integer_buffers():
     assert int(ema.n_averaged) == int(twin.n_averaged) == 20 and ema.n_averaged.device.type == "cpu"
     for ours, torchs in zip(ema.state_dict().values(), twin.state_dict().values()):
         torch.testing.assert_close(ours, torchs, rtol=0, atol=0)
+
+
+def test_prediction_pads_a_short_last_batch_so_a_compiled_model_compiles_once():
+    from vision_mamba import create_model
+    torch.manual_seed(0)
+    model = create_model("tiny", num_classes=3, img_size=16, depth=2, embed_dim=32, num_heads=2, d_state=4).eval()
+    images, labels = torch.randn(21, 3, 16, 16), torch.arange(21) % 3
+    loader = [(images[i:i + 8], labels[i:i + 8]) for i in range(0, 21, 8)]  # batches of 8, 8 and 5
+    graphs = []
+
+    def counting_backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+    torch._dynamo.reset()
+    logits, got_labels = train_vision_mamba.predict(torch.compile(model, backend=counting_backend), loader, torch.device("cpu"), tta=True)
+    assert len(graphs) == 1  # without the padding the 5-image batch compiles a second graph
+    with torch.no_grad():
+        expected = (model(images) + model(images.flip(3))) / 2
+    assert logits.shape == (21, 3) and torch.equal(got_labels, labels)
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5)
