@@ -17,7 +17,6 @@ import gzip
 import math
 import os
 import shutil
-import signal
 from dataclasses import dataclass
 
 import numpy as np
@@ -360,11 +359,13 @@ def _hflip(info, cfg):
 
 
 def leave_stop_signals_to_the_main_process(worker_id):
-    """DataLoader workers ignore SIGINT and SIGTERM. Ctrl-C, `timeout` and Slurm signal every process of
-    the job; a worker killed by the signal made the main process raise instead of saving its checkpoint.
-    The main process shuts its workers down itself, and they exit on their own if it dies."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    """Each DataLoader worker leaves the main process's process group. Ctrl-C in a terminal and
+    `timeout` signal the whole group; a worker killed by that signal made the main process raise
+    instead of saving its checkpoint. Out of the group, the workers are stopped by the main process
+    alone (torch's shutdown), and exit on their own if it dies. (Ignoring SIGTERM instead would
+    also ignore torch's own terminate() at exit, which then waits for the worker forever.)"""
+    if hasattr(os, "setpgid"):  # POSIX
+        os.setpgid(0, 0)
 
 
 class EpochDataLoader:

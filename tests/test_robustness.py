@@ -181,8 +181,8 @@ def test_resume_auto_skips_damaged_checkpoints_with_a_warning(baseline, tmp_path
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_stop_signal_to_the_whole_process_group_still_saves_with_dataloader_workers(tmp_path, sig, code):
-    # Ctrl-C, `timeout` and Slurm signal every process of the job, DataLoader workers included; a worker killed by the
-    # signal made the main process raise "DataLoader worker ... is killed by signal" instead of saving and exiting
+    # Ctrl-C in a terminal and `timeout` signal the whole process group; a DataLoader worker killed by the signal
+    # made the main process raise "DataLoader worker ... is killed by signal" instead of saving and exiting
     from test_data import write_image_folder
     write_image_folder(str(tmp_path / "tree"), ("train", "test"), per_class=40)
     args = ["--config", "imagefolder", "--data_dir", str(tmp_path / "tree"), "--output_dir", str(tmp_path / "out"),
@@ -201,3 +201,16 @@ def test_stop_signal_to_the_whole_process_group_still_saves_with_dataloader_work
     assert "Traceback" not in err and "resume with:" in err
     state = load_checkpoint(str(tmp_path / "out" / "checkpoints" / "vision_mamba_imagefolder" / "last_checkpoint.pth"))
     assert state["epoch"] >= 1 or state["step_in_epoch"] > 0
+
+
+def test_a_run_that_stops_with_dataloader_workers_running_exits(tmp_path):
+    # a corrupt image stops the run mid-epoch with a worker still holding batches; at exit torch terminates the
+    # workers: a worker that ignored SIGTERM (this project's first fix for the test above) made the process hang there
+    from test_data import write_image_folder
+    write_image_folder(str(tmp_path / "tree"), ("train", "test"), per_class=40)
+    (tmp_path / "tree" / "train" / "dog" / "30.png").write_bytes(b"not a png")
+    result = run_script("train_vision_mamba.py", ["--config", "imagefolder", "--data_dir", str(tmp_path / "tree"), "--output_dir",
+                                                  str(tmp_path / "out"), "--epochs", "2", "--batch_size", "4", *SMALL,
+                                                  "--set", "data.img_size=16", "--set", "data.gpu_resident=off",
+                                                  "--set", "data.num_workers=2"], timeout=120)
+    assert result.returncode == 2 and "30.png" in result.stderr
