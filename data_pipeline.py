@@ -11,6 +11,7 @@ MixUp/CutMix run in the training loop on either path (`mix_batch`).
 Every random draw of an epoch derives from (seed, epoch, batch index), so a run resumed in the
 middle of an epoch sees the same batches and augmentations as one that never stopped.
 """
+import contextlib
 import copy
 import functools
 import gzip
@@ -365,7 +366,8 @@ def leave_stop_signals_to_the_main_process(worker_id):
     alone (torch's shutdown), and exit on their own if it dies. (Ignoring SIGTERM instead would
     also ignore torch's own terminate() at exit, which then waits for the worker forever.)"""
     if hasattr(os, "setpgid"):  # POSIX
-        os.setpgid(0, 0)
+        with contextlib.suppress(OSError):  # not allowed (a session leader): keep the default behaviour
+            os.setpgid(0, 0)
 
 
 class EpochDataLoader:
