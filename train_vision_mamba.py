@@ -297,7 +297,8 @@ def ema_with_warmup(decay):
 
 @torch.no_grad()
 def update_ema(ema, model):
-    """What `ema.update_parameters(model)` does, without its host-device synchronisation:
+    """What `ema.update_parameters(model)` does for an AveragedModel built with use_buffers=True (as
+    make_step_parts builds it), without its host-device synchronisation:
     AveragedModel keeps its update count on the CPU and copies it to the GPU on every call, a
     blocking copy that lets the GPU run dry before the next step is queued. Here the count stays on
     the host and goes to ema.multi_avg_fn as a number; the first call copies the weights, as

@@ -183,11 +183,7 @@ def test_resume_auto_skips_damaged_checkpoints_with_a_warning(baseline, tmp_path
 def test_stop_signal_to_the_whole_process_group_still_saves_with_dataloader_workers(tmp_path, sig, code):
     # Ctrl-C in a terminal and `timeout` signal the whole process group; a DataLoader worker killed by the signal
     # made the main process raise "DataLoader worker ... is killed by signal" instead of saving and exiting
-    from test_data import write_image_folder
-    write_image_folder(str(tmp_path / "tree"), ("train", "test"), per_class=40)
-    args = ["--config", "imagefolder", "--data_dir", str(tmp_path / "tree"), "--output_dir", str(tmp_path / "out"),
-            "--epochs", "200", "--batch_size", "4", *SMALL, "--set", "data.img_size=16", "--set", "data.gpu_resident=off",
-            "--set", "data.num_workers=2"]
+    args = image_folder_run_with_workers(tmp_path, epochs=200)
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train_vision_mamba.py"), *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     log = tmp_path / "out" / "logs" / "vision_mamba_imagefolder" / "training_log.json"
@@ -206,11 +202,17 @@ def test_stop_signal_to_the_whole_process_group_still_saves_with_dataloader_work
 def test_a_run_that_stops_with_dataloader_workers_running_exits(tmp_path):
     # a corrupt image stops the run mid-epoch with a worker still holding batches; at exit torch terminates the
     # workers: a worker that ignored SIGTERM (this project's first fix for the test above) made the process hang there
+    args = image_folder_run_with_workers(tmp_path, epochs=2)
+    (tmp_path / "tree" / "train" / "dog" / "30.png").write_bytes(b"not a png")
+    result = run_script("train_vision_mamba.py", args, timeout=120)
+    assert result.returncode == 2 and "30.png" in result.stderr
+
+
+def image_folder_run_with_workers(tmp_path, epochs):
+    """Arguments of a small run on a 3-class ImageFolder tree written under tmp_path, through the DataLoader
+    path with 2 worker processes."""
     from test_data import write_image_folder
     write_image_folder(str(tmp_path / "tree"), ("train", "test"), per_class=40)
-    (tmp_path / "tree" / "train" / "dog" / "30.png").write_bytes(b"not a png")
-    result = run_script("train_vision_mamba.py", ["--config", "imagefolder", "--data_dir", str(tmp_path / "tree"), "--output_dir",
-                                                  str(tmp_path / "out"), "--epochs", "2", "--batch_size", "4", *SMALL,
-                                                  "--set", "data.img_size=16", "--set", "data.gpu_resident=off",
-                                                  "--set", "data.num_workers=2"], timeout=120)
-    assert result.returncode == 2 and "30.png" in result.stderr
+    return ["--config", "imagefolder", "--data_dir", str(tmp_path / "tree"), "--output_dir", str(tmp_path / "out"),
+            "--epochs", str(epochs), "--batch_size", "4", *SMALL, "--set", "data.img_size=16",
+            "--set", "data.gpu_resident=off", "--set", "data.num_workers=2"]
