@@ -43,6 +43,7 @@ class ModelConfig:
     mlp_ratio: Optional[float] = None
     drop_path: float = 0.1
     dropout: float = 0.0
+    mlp_conv: bool = False  # a depthwise 3x3 conv over the token grid inside each MLP (ConvFFN)
 
 
 @dataclass
@@ -358,7 +359,8 @@ def model_from_config(config, num_classes, img_size, in_chans):
                          d_conv=m.d_conv, expand=m.expand, mlp_ratio=m.mlp_ratio)
     try:
         return VisionMamba(num_classes=num_classes, img_size=img_size, in_chans=in_chans, patch_size=m.patch_size,
-                           block_type=m.block_type, stem=m.stem, drop_path=m.drop_path, dropout=m.dropout, **sizes)
+                           block_type=m.block_type, stem=m.stem, drop_path=m.drop_path, dropout=m.dropout,
+                           mlp_conv=m.mlp_conv, **sizes)
     except ValueError as e:  # shapes that clash only once the data's image size is known
         raise ConfigError(f"model: {e}; change model.patch_size, model.stem, model.embed_dim or model.num_heads, "
                           f"or data.img_size") from None

@@ -328,14 +328,25 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    def __init__(self, dim, hidden, dropout):
+    """fc1 -> GELU -> fc2. With grid_size set, a depthwise 3x3 conv over the token grid sits
+    between fc1 and GELU (PVTv2's ConvFFN): each token's MLP also sees its 8 neighbours, the
+    locality that ViT-type models lack on small images, at 9 multiply-adds per hidden channel."""
+
+    def __init__(self, dim, hidden, dropout, grid_size=None):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
+        self.grid_size = grid_size
+        self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden) if grid_size else None
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x):
-        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
+        x = self.fc1(x)  # (B, L, hidden)
+        if self.dwconv is not None:
+            side = self.grid_size
+            grid = x.unflatten(1, (side, side)).permute(0, 3, 1, 2)  # (B, hidden, H/p, W/p), channels-last in memory
+            x = self.dwconv(grid).permute(0, 2, 3, 1).flatten(1, 2)  # (B, L, hidden)
+        return self.drop(self.fc2(self.drop(F.gelu(x))))
 
 
 class DropPath(nn.Module):
@@ -362,7 +373,7 @@ class Block(nn.Module):
     at 0, so both branches contribute half at init.
     """
 
-    def __init__(self, dim, block_type, num_heads, d_state, d_conv, expand, mlp_ratio, drop_path, dropout):
+    def __init__(self, dim, block_type, num_heads, d_state, d_conv, expand, mlp_ratio, drop_path, dropout, mlp_grid=None):
         super().__init__()
         self.block_type = block_type
         self.norm1 = nn.LayerNorm(dim)
@@ -370,7 +381,7 @@ class Block(nn.Module):
         self.attn = Attention(dim, num_heads) if block_type in ("hybrid", "attention") else None
         self.gate = nn.Parameter(torch.zeros(dim)) if block_type == "hybrid" else None
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout, grid_size=mlp_grid)
         self.drop_path = DropPath(drop_path)
 
     def mix(self, x):
@@ -401,14 +412,15 @@ def parse_block_pattern(block_type, depth):
 class VisionMamba(nn.Module):
     def __init__(self, num_classes=10, img_size=32, in_chans=3, patch_size=4, embed_dim=192, depth=12,
                  num_heads=3, d_state=16, d_conv=4, expand=1, mlp_ratio=4.0, block_type="hybrid",
-                 stem="conv", drop_path=0.1, dropout=0.0):
+                 stem="conv", drop_path=0.1, dropout=0.0, mlp_conv=False):
         super().__init__()
         self.num_classes = num_classes
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, stem)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches, embed_dim))
         drop_rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]  # deeper layers dropped more often
+        mlp_grid = img_size // patch_size if mlp_conv else None
         self.blocks = nn.ModuleList(
-            Block(embed_dim, kind, num_heads, d_state, d_conv, expand, mlp_ratio, rate, dropout)
+            Block(embed_dim, kind, num_heads, d_state, d_conv, expand, mlp_ratio, rate, dropout, mlp_grid)
             for kind, rate in zip(parse_block_pattern(block_type, depth), drop_rates)
         )
         self.norm = nn.LayerNorm(embed_dim)

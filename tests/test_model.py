@@ -79,6 +79,29 @@ def test_halving_stems_need_an_even_patch_and_conv_keeps_its_checkpoint_keys(hal
     assert {"patch_embed.stem.0.weight", "patch_embed.stem.1.running_mean", "patch_embed.proj.weight"} <= keys
 
 
+def test_mlp_conv_mixes_each_token_with_its_grid_neighbours_only():
+    torch.manual_seed(0)
+    mlp = vm.Mlp(dim=8, hidden=16, dropout=0.0, grid_size=4)  # 16 tokens on a 4x4 grid
+    tokens = torch.randn(2, 16, 8)
+    changed = tokens.clone()
+    changed[:, 5] += 1.0  # row 1, column 1
+    moved = (mlp(changed) - mlp(tokens)).abs().amax(dim=(0, 2)) > 0  # (L,)
+    neighbours = {row * 4 + col for row in (0, 1, 2) for col in (0, 1, 2)}
+    assert set(moved.nonzero().flatten().tolist()) == neighbours
+    assert vm.Mlp(dim=8, hidden=16, dropout=0.0).dwconv is None  # off by default: a per-token MLP
+
+
+def test_model_with_mlp_conv_trains_and_compiles_without_graph_breaks():
+    import torch._dynamo as dynamo
+    model = create_model("tiny", depth=2, img_size=28, in_chans=1, embed_dim=32, num_heads=2, block_type="ssm,attention",
+                         mlp_conv=True)
+    assert all(block.mlp.dwconv is not None for block in model.blocks)
+    x = torch.randn(2, 1, 28, 28)
+    model(x).sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert dynamo.explain(model)(x).graph_break_count == 0
+
+
 def random_scan_inputs(batch, length, groups, inner, d_state, delta_scale=1.0, seed=0):
     gen = torch.Generator().manual_seed(seed)
     u = torch.randn(batch, length, groups, inner, generator=gen)
