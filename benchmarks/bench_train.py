@@ -62,6 +62,8 @@ def bench(args, device, size, block_type, batch_size):
                  "training.device": device.type, "data.val_fraction": 0.02}
     if args.stem:
         overrides["model.stem"] = args.stem
+    if args.mlp_conv:
+        overrides["model.mlp_conv"] = args.mlp_conv == "on"
     config = apply_overrides(get_preset(args.config), overrides)
     info = data_pipeline.dataset_info(config)
     with mock.patch.object(data_pipeline, "load_arrays", lambda cfg: synthetic_arrays(info, args.num_images)):
@@ -142,6 +144,7 @@ def bench(args, device, size, block_type, batch_size):
             "syncs_per_step": None if syncs is None else sum(syncs.values()) / SYNC_CHECKED_STEPS,
             "gpu_kernel_ms": None if kernel_ms is None else round(kernel_ms, 2),
             "ema": ema is not None, "mixing": mixing, "stem": config.model.stem,
+            "mlp_conv": config.model.mlp_conv,
             "peak_mem_mib": peak, "resident": data.resident, "torch": torch.__version__,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "date": time.strftime("%Y-%m-%d")}
@@ -186,6 +189,7 @@ def main():
     parser.add_argument("--block_types", nargs="+", default=list(BLOCK_TYPES), type=block_pattern,
                         help=f"each one of {BLOCK_TYPES} or a per-layer pattern such as ssm,attention")
     parser.add_argument("--stem", choices=STEMS, default=None, help="default: the preset's")
+    parser.add_argument("--mlp_conv", choices=("on", "off"), default=None, help="the MLPs' depthwise conv (default: the preset's)")
     parser.add_argument("--batch_sizes", nargs="+", type=int, default=None, help="default: 256 512 1024 on CUDA, 32 on CPU")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 50 on CUDA, 3 on CPU)")
     parser.add_argument("--warmup", type=int, default=None)

@@ -14,12 +14,12 @@ def test_bench_model_runs_and_writes_rows(tmp_path):
     out = tmp_path / "rows.jsonl"
     result = run_script("benchmarks/bench_model.py", ["--device", "cpu", "--scan_shape", "2", "16", "8", "4", "--iters", "1",
                                                       "--warmup", "0", "--block_types", "attention", "ssm,attention", "--stem", "conv5",
-                                                      "--batch_size", "2", "--json", str(out)])
+                                                      "--mlp_conv", "--batch_size", "2", "--json", str(out)])
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert {r["impl"] for r in rows if r["kind"] == "scan"} == {"fast", "reference"}
     assert {r["block_type"] for r in rows if r["kind"] == "train"} == {"attention", "ssm,attention"}
-    assert {r["stem"] for r in rows if r["kind"] == "train"} == {"conv5"}
+    assert {(r["stem"], r["mlp_conv"]) for r in rows if r["kind"] == "train"} == {("conv5", True)}
     assert all(r["img_per_s"] > 0 for r in rows if r["kind"] == "train")
     assert "speed-up of fast over reference" in result.stdout
 
@@ -27,15 +27,16 @@ def test_bench_model_runs_and_writes_rows(tmp_path):
 def test_bench_train_runs_the_real_data_path(tmp_path):
     out = tmp_path / "rows.jsonl"
     result = run_script("benchmarks/bench_train.py", ["--device", "cpu", "--num_images", "300", "--block_types", "ssm,attention",
-                                                      "--stem", "conv3", "--batch_sizes", "8", "--steps", "1", "--warmup", "0", "--profile",
+                                                      "--stem", "conv3", "--mlp_conv", "off", "--batch_sizes", "8", "--steps", "1", "--warmup", "0", "--profile",
                                                       "--compile", "regional",
                                                       "--json", str(out)])
     assert result.returncode == 0, result.stderr[-2000:]
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert row["block_type"] == "ssm,attention" and row["batch_size"] == 8 and row["img_per_s"] > 0
     assert row["compile_mode"] == "regional"
-    # the training loop's own step, with the cifar10 preset's EMA and MixUp/CutMix; --stem overrides the preset's conv5
-    assert row["ema"] is True and row["mixing"] is True and row["stem"] == "conv3"
+    # the training loop's own step, with the cifar10 preset's EMA and MixUp/CutMix; --stem and --mlp_conv override the
+    # preset's conv5 and ConvFFN
+    assert row["ema"] is True and row["mixing"] is True and row["stem"] == "conv3" and row["mlp_conv"] is False
     assert "top kernels by self_cpu_time_total" in result.stdout and "aten::" in result.stdout
     assert 0 < row["data_fraction"] < 10 and row["step_ms"] > 0
     # forward + backward of the matmuls alone is at least 6 x params x images per step
