@@ -11,7 +11,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Optional
 
-from vision_mamba import BLOCK_TYPES, MODEL_SIZES, STEMS, VisionMamba, model_kwargs, parse_block_pattern
+from vision_mamba import BLOCK_TYPES, MODEL_SIZES, SSM_CONVS, STEMS, VisionMamba, model_kwargs, parse_block_pattern
 
 DATASETS = ("digits", "cifar10", "cifar100", "fashion_mnist", "mnist", "svhn", "imagefolder")
 SCHEDULERS = ("cosine", "step", "plateau", "constant")
@@ -44,6 +44,7 @@ class ModelConfig:
     drop_path: float = 0.1
     dropout: float = 0.0
     mlp_conv: bool = False  # a depthwise 3x3 conv over the token grid inside each MLP (ConvFFN)
+    ssm_conv: str = "1d"  # the SSM layer's depthwise conv: 1d (causal, width d_conv, per direction) | 2d (3x3 over the grid)
 
 
 @dataclass
@@ -291,6 +292,7 @@ def validate(config):
     m, d, t, log = config.model, config.data, config.training, config.logging
     _one_of("model.model_size", m.model_size, tuple(MODEL_SIZES))
     _one_of("model.stem", m.stem, STEMS)
+    _one_of("model.ssm_conv", m.ssm_conv, SSM_CONVS)
     try:
         depth = m.depth if m.depth is not None else MODEL_SIZES[m.model_size].depth
         parse_block_pattern(m.block_type, depth)
@@ -361,7 +363,7 @@ def model_from_config(config, num_classes, img_size, in_chans):
     try:
         return VisionMamba(num_classes=num_classes, img_size=img_size, in_chans=in_chans, patch_size=m.patch_size,
                            block_type=m.block_type, stem=m.stem, drop_path=m.drop_path, dropout=m.dropout,
-                           mlp_conv=m.mlp_conv, **sizes)
+                           mlp_conv=m.mlp_conv, ssm_conv=m.ssm_conv, **sizes)
     except ValueError as e:  # shapes that clash only once the data's image size is known
         raise ConfigError(f"model: {e}; change model.patch_size, model.stem, model.embed_dim or model.num_heads, "
                           f"or data.img_size") from None

@@ -53,6 +53,7 @@ MODEL_SIZES = {
 }
 BLOCK_TYPES = ("hybrid", "ssm", "attention")
 STEMS = ("conv", "conv3", "conv5", "patch")
+SSM_CONVS = ("1d", "2d")  # the SSM layer's conv: causal over the token order (Mamba, Vim) or 3x3 over the grid (VMamba)
 
 # ------------------------------------------------------------------------------------------
 # Selective scan.
@@ -273,9 +274,14 @@ class BidirectionalSSM(nn.Module):
     Both directions share in_proj and out_proj; each has its own conv, x/dt projections, A, D
     and dt bias, stored stacked along G so the two scans run as one. The directions are
     averaged, not summed: summing is what made Vim's published training go NaN.
+
+    With grid_size set, one depthwise 3x3 conv over the token grid, shared by both directions,
+    replaces the per-direction causal conv1d of width d_conv (VMamba's SS2D does the same): the
+    scan's input then mixes each token with its neighbours above and below, not only with the
+    tokens just before it in the row-major order.
     """
 
-    def __init__(self, dim, d_state, d_conv, expand):
+    def __init__(self, dim, d_state, d_conv, expand, grid_size=None):
         super().__init__()
         self.inner = expand * dim
         self.d_state = d_state
@@ -285,7 +291,11 @@ class BidirectionalSSM(nn.Module):
         self.dt_rank = 8 * math.ceil(math.ceil(dim / 16) / 8)
         directions, inner = 2, self.inner
         self.in_proj = nn.Linear(dim, 2 * inner)
-        self.conv = nn.Conv1d(directions * inner, directions * inner, d_conv, groups=directions * inner, padding=d_conv - 1)
+        self.grid_size = grid_size
+        if grid_size:
+            self.conv = nn.Conv2d(inner, inner, 3, padding=1, groups=inner)
+        else:
+            self.conv = nn.Conv1d(directions * inner, directions * inner, d_conv, groups=directions * inner, padding=d_conv - 1)
         self.x_proj = nn.Parameter(torch.empty(directions, inner, self.dt_rank + 2 * d_state))
         self.dt_proj = nn.Parameter(torch.empty(directions, self.dt_rank, inner))
         self.dt_bias = nn.Parameter(torch.empty(directions, inner))
@@ -298,9 +308,13 @@ class BidirectionalSSM(nn.Module):
     def forward(self, x):
         length = x.shape[1]
         u, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, E) each
-        u = torch.stack([u, u.flip(1)], dim=2)  # (B, L, G=2, E): direction 1 reads the tokens backwards
-        u = self.conv(u.flatten(2).transpose(1, 2))[..., :length]  # causal depthwise conv over L: (B, G*E, L)
-        u = F.silu(u.transpose(1, 2).unflatten(2, (2, self.inner)))  # (B, L, G, E)
+        if self.grid_size:
+            u = F.silu(grid_conv(self.conv, u, self.grid_size))
+            u = torch.stack([u, u.flip(1)], dim=2)  # (B, L, G=2, E): direction 1 reads the tokens backwards
+        else:
+            u = torch.stack([u, u.flip(1)], dim=2)  # (B, L, G=2, E): direction 1 reads the tokens backwards
+            u = self.conv(u.flatten(2).transpose(1, 2))[..., :length]  # causal depthwise conv over L: (B, G*E, L)
+            u = F.silu(u.transpose(1, 2).unflatten(2, (2, self.inner)))  # (B, L, G, E)
         proj = torch.einsum("blge,gef->blgf", u, self.x_proj.to(u.dtype))  # (B, L, G, R + 2N)
         dt_low, Bm, Cm = proj.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.softplus(torch.einsum("blgr,gre->blge", dt_low, self.dt_proj.to(dt_low.dtype)).float() + self.dt_bias)
@@ -327,6 +341,12 @@ class Attention(nn.Module):
         return self.proj(x.transpose(1, 2).reshape(batch, length, dim))
 
 
+def grid_conv(conv, tokens, side):
+    """A 2D conv over tokens laid out row-major on a side x side grid: (B, L, C) -> (B, L, C)."""
+    grid = tokens.unflatten(1, (side, side)).permute(0, 3, 1, 2)  # (B, C, H/p, W/p), channels-last in memory: no copy
+    return conv(grid).permute(0, 2, 3, 1).flatten(1, 2)  # (B, L, C)
+
+
 class Mlp(nn.Module):
     """fc1 -> GELU -> fc2. With grid_size set, a depthwise 3x3 conv over the token grid sits
     between fc1 and GELU (PVTv2's ConvFFN): each token's MLP also sees its 8 neighbours, the
@@ -343,9 +363,7 @@ class Mlp(nn.Module):
     def forward(self, x):
         x = self.fc1(x)  # (B, L, hidden)
         if self.dwconv is not None:
-            side = self.grid_size
-            grid = x.unflatten(1, (side, side)).permute(0, 3, 1, 2)  # (B, hidden, H/p, W/p), channels-last in memory
-            x = self.dwconv(grid).permute(0, 2, 3, 1).flatten(1, 2)  # (B, L, hidden)
+            x = grid_conv(self.dwconv, x, self.grid_size)
         return self.drop(self.fc2(self.drop(F.gelu(x))))
 
 
@@ -373,11 +391,12 @@ class Block(nn.Module):
     at 0, so both branches contribute half at init.
     """
 
-    def __init__(self, dim, block_type, num_heads, d_state, d_conv, expand, mlp_ratio, drop_path, dropout, mlp_grid=None):
+    def __init__(self, dim, block_type, num_heads, d_state, d_conv, expand, mlp_ratio, drop_path, dropout,
+                 mlp_grid=None, ssm_grid=None):
         super().__init__()
         self.block_type = block_type
         self.norm1 = nn.LayerNorm(dim)
-        self.ssm = BidirectionalSSM(dim, d_state, d_conv, expand) if block_type in ("hybrid", "ssm") else None
+        self.ssm = BidirectionalSSM(dim, d_state, d_conv, expand, ssm_grid) if block_type in ("hybrid", "ssm") else None
         self.attn = Attention(dim, num_heads) if block_type in ("hybrid", "attention") else None
         self.gate = nn.Parameter(torch.zeros(dim)) if block_type == "hybrid" else None
         self.norm2 = nn.LayerNorm(dim)
@@ -412,15 +431,18 @@ def parse_block_pattern(block_type, depth):
 class VisionMamba(nn.Module):
     def __init__(self, num_classes=10, img_size=32, in_chans=3, patch_size=4, embed_dim=192, depth=12,
                  num_heads=3, d_state=16, d_conv=4, expand=1, mlp_ratio=4.0, block_type="hybrid",
-                 stem="conv", drop_path=0.1, dropout=0.0, mlp_conv=False):
+                 stem="conv", drop_path=0.1, dropout=0.0, mlp_conv=False, ssm_conv="1d"):
         super().__init__()
         self.num_classes = num_classes
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, stem)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches, embed_dim))
         drop_rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]  # deeper layers dropped more often
-        mlp_grid = img_size // patch_size if mlp_conv else None
+        if ssm_conv not in SSM_CONVS:
+            raise ValueError(f"ssm_conv must be one of {SSM_CONVS}, got {ssm_conv!r}")
+        grid = img_size // patch_size
         self.blocks = nn.ModuleList(
-            Block(embed_dim, kind, num_heads, d_state, d_conv, expand, mlp_ratio, rate, dropout, mlp_grid)
+            Block(embed_dim, kind, num_heads, d_state, d_conv, expand, mlp_ratio, rate, dropout,
+                  mlp_grid=grid if mlp_conv else None, ssm_grid=grid if ssm_conv == "2d" else None)
             for kind, rate in zip(parse_block_pattern(block_type, depth), drop_rates)
         )
         self.norm = nn.LayerNorm(embed_dim)

@@ -18,7 +18,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from vision_mamba import (MODEL_SIZES, BLOCK_TYPES, STEMS, count_parameters, create_model, parse_block_pattern,  # noqa: E402
+from vision_mamba import (MODEL_SIZES, BLOCK_TYPES, SSM_CONVS, STEMS, count_parameters, create_model, parse_block_pattern,  # noqa: E402
                           selective_scan, selective_scan_ref)
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -55,7 +55,7 @@ def timed(fn, device, warmup, iters):
 def bench_train(args, device, size, block_type):
     torch.manual_seed(0)
     model = create_model(size, num_classes=10, img_size=args.img_size, in_chans=3, block_type=block_type, stem=args.stem,
-                         mlp_conv=args.mlp_conv).to(device)
+                         mlp_conv=args.mlp_conv, ssm_conv=args.ssm_conv).to(device)
     params = count_parameters(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     step_model = torch.compile(model) if args.compile else model
@@ -78,7 +78,7 @@ def bench_train(args, device, size, block_type):
     first_step_s = time.perf_counter() - start
     seconds = timed(step, device, args.warmup, args.iters)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
-    return {"kind": "train", "size": size, "block_type": block_type, "stem": args.stem, "mlp_conv": args.mlp_conv, "batch_size": args.batch_size,
+    return {"kind": "train", "size": size, "block_type": block_type, "stem": args.stem, "mlp_conv": args.mlp_conv, "ssm_conv": args.ssm_conv, "batch_size": args.batch_size,
             "params_m": round(params / 1e6, 2), "img_per_s": round(args.batch_size / seconds, 1),
             "step_ms": round(seconds * 1e3, 2), "first_step_s": round(first_step_s, 2), "peak_mem_mib": peak}
 
@@ -119,6 +119,7 @@ def main():
                         help=f"each one of {BLOCK_TYPES} or a per-layer pattern such as ssm,attention")
     parser.add_argument("--stem", choices=STEMS, default="conv", help="the model's stem (default: conv, create_model's)")
     parser.add_argument("--mlp_conv", action="store_true", help="a depthwise 3x3 conv in every MLP (model.mlp_conv)")
+    parser.add_argument("--ssm_conv", choices=SSM_CONVS, default="1d", help="the SSM layers' conv (model.ssm_conv; default: 1d)")
     parser.add_argument("--batch_size", type=int, default=None, help="default: 512 on CUDA, 32 on CPU")
     parser.add_argument("--img_size", type=int, default=32)
     parser.add_argument("--dtype", choices=list(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")

@@ -37,7 +37,7 @@ import data_pipeline  # noqa: E402
 from config import COMPILE_MODES, apply_overrides, get_preset  # noqa: E402
 from train_vision_mamba import (amp_dtype, build_model, compile_model, make_step_parts,  # noqa: E402
                                 resolve_compile_mode, train_step)
-from vision_mamba import BLOCK_TYPES, MODEL_SIZES, STEMS, count_parameters  # noqa: E402
+from vision_mamba import BLOCK_TYPES, MODEL_SIZES, SSM_CONVS, STEMS, count_parameters  # noqa: E402
 
 from bench_model import block_pattern, synchronize  # noqa: E402  (this folder is on sys.path when a script runs)
 
@@ -64,6 +64,8 @@ def bench(args, device, size, block_type, batch_size):
         overrides["model.stem"] = args.stem
     if args.mlp_conv:
         overrides["model.mlp_conv"] = args.mlp_conv == "on"
+    if args.ssm_conv:
+        overrides["model.ssm_conv"] = args.ssm_conv
     config = apply_overrides(get_preset(args.config), overrides)
     info = data_pipeline.dataset_info(config)
     with mock.patch.object(data_pipeline, "load_arrays", lambda cfg: synthetic_arrays(info, args.num_images)):
@@ -144,7 +146,7 @@ def bench(args, device, size, block_type, batch_size):
             "syncs_per_step": None if syncs is None else sum(syncs.values()) / SYNC_CHECKED_STEPS,
             "gpu_kernel_ms": None if kernel_ms is None else round(kernel_ms, 2),
             "ema": ema is not None, "mixing": mixing, "stem": config.model.stem,
-            "mlp_conv": config.model.mlp_conv,
+            "mlp_conv": config.model.mlp_conv, "ssm_conv": config.model.ssm_conv,
             "peak_mem_mib": peak, "resident": data.resident, "torch": torch.__version__,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "date": time.strftime("%Y-%m-%d")}
@@ -190,6 +192,7 @@ def main():
                         help=f"each one of {BLOCK_TYPES} or a per-layer pattern such as ssm,attention")
     parser.add_argument("--stem", choices=STEMS, default=None, help="default: the preset's")
     parser.add_argument("--mlp_conv", choices=("on", "off"), default=None, help="the MLPs' depthwise conv (default: the preset's)")
+    parser.add_argument("--ssm_conv", choices=SSM_CONVS, default=None, help="the SSM layers' conv (default: the preset's)")
     parser.add_argument("--batch_sizes", nargs="+", type=int, default=None, help="default: 256 512 1024 on CUDA, 32 on CPU")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 50 on CUDA, 3 on CPU)")
     parser.add_argument("--warmup", type=int, default=None)

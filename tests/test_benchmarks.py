@@ -14,12 +14,12 @@ def test_bench_model_runs_and_writes_rows(tmp_path):
     out = tmp_path / "rows.jsonl"
     result = run_script("benchmarks/bench_model.py", ["--device", "cpu", "--scan_shape", "2", "16", "8", "4", "--iters", "1",
                                                       "--warmup", "0", "--block_types", "attention", "ssm,attention", "--stem", "conv5",
-                                                      "--mlp_conv", "--batch_size", "2", "--json", str(out)])
+                                                      "--mlp_conv", "--ssm_conv", "2d", "--batch_size", "2", "--json", str(out)])
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert {r["impl"] for r in rows if r["kind"] == "scan"} == {"fast", "reference"}
     assert {r["block_type"] for r in rows if r["kind"] == "train"} == {"attention", "ssm,attention"}
-    assert {(r["stem"], r["mlp_conv"]) for r in rows if r["kind"] == "train"} == {("conv5", True)}
+    assert {(r["stem"], r["mlp_conv"], r["ssm_conv"]) for r in rows if r["kind"] == "train"} == {("conv5", True, "2d")}
     assert all(r["img_per_s"] > 0 for r in rows if r["kind"] == "train")
     assert "speed-up of fast over reference" in result.stdout
 

@@ -117,11 +117,12 @@ def test_moved_data_is_one_line_naming_data_dir_and_data_dir_finds_it(tmp_path, 
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["num_samples"] == 24
 
 
-def test_a_convffn_checkpoint_is_rebuilt_and_scores_what_training_reported(tmp_path):
+def test_a_checkpoint_with_grid_convs_is_rebuilt_and_scores_what_training_reported(tmp_path):
     from helpers import read_log
     out = tmp_path / "run"
     # no EMA and no TTA: the checkpoint's weights are the ones the test figure came from, scored the same way
-    assert train_vision_mamba.main(train_args(out, "--set", "model.mlp_conv=true", "--set", "training.ema=false",
+    assert train_vision_mamba.main(train_args(out, "--set", "model.mlp_conv=true", "--set", "model.ssm_conv=2d",
+                                              "--set", "training.ema=false",
                                               "--set", "training.tta=false", epochs=1)) == 0
     checkpoint = out / "checkpoints" / "vision_mamba_digits" / "best_model.pth"
     assert evaluate_model.main(["--checkpoint", str(checkpoint), "--output_dir", str(tmp_path / "ev"), "--num_samples", "4"]) == 0

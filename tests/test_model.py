@@ -59,6 +59,8 @@ def test_block_type_pattern_and_bad_values():
         create_model("tiny", img_size=30)
     with pytest.raises(ValueError, match="model_size"):
         create_model("huge")
+    with pytest.raises(ValueError, match="ssm_conv must be one of"):
+        create_model("tiny", ssm_conv="3d")
 
 
 @pytest.mark.parametrize("stem", vm.STEMS)
@@ -79,6 +81,17 @@ def test_halving_stems_need_an_even_patch_and_conv_keeps_its_checkpoint_keys(hal
     assert {"patch_embed.stem.0.weight", "patch_embed.stem.1.running_mean", "patch_embed.proj.weight"} <= keys
 
 
+def test_grid_conv_is_a_conv_over_the_row_major_token_grid():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(6, 6, 3, padding=1, groups=6)
+    tokens = torch.randn(2, 12, 6)[:, :9]  # 9 tokens: a 3x3 grid
+    image = torch.stack([tokens[:, row * 3:(row + 1) * 3] for row in range(3)], dim=1).permute(0, 3, 1, 2)  # (B, C, 3, 3)
+    expected = conv(image.contiguous())
+    got = vm.grid_conv(conv, tokens, 3)  # (B, 9, C)
+    for row, col in itertools.product(range(3), range(3)):
+        assert torch.allclose(got[:, row * 3 + col], expected[:, :, row, col], atol=1e-6)
+
+
 def test_mlp_conv_mixes_each_token_with_its_grid_neighbours_only():
     torch.manual_seed(0)
     mlp = vm.Mlp(dim=8, hidden=16, dropout=0.0, grid_size=4)  # 16 tokens on a 4x4 grid
@@ -91,11 +104,13 @@ def test_mlp_conv_mixes_each_token_with_its_grid_neighbours_only():
     assert vm.Mlp(dim=8, hidden=16, dropout=0.0).dwconv is None  # off by default: a per-token MLP
 
 
-def test_model_with_mlp_conv_trains_and_compiles_without_graph_breaks():
+@pytest.mark.parametrize("ssm_conv", vm.SSM_CONVS)
+def test_model_with_mlp_conv_trains_and_compiles_without_graph_breaks(ssm_conv):
     import torch._dynamo as dynamo
     model = create_model("tiny", depth=2, img_size=28, in_chans=1, embed_dim=32, num_heads=2, block_type="ssm,attention",
-                         mlp_conv=True)
+                         mlp_conv=True, ssm_conv=ssm_conv)
     assert all(block.mlp.dwconv is not None for block in model.blocks)
+    assert isinstance(model.blocks[0].ssm.conv, torch.nn.Conv2d if ssm_conv == "2d" else torch.nn.Conv1d)
     x = torch.randn(2, 1, 28, 28)
     model(x).sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
@@ -168,10 +183,11 @@ def _sensitivity(fn, x, out_token, in_token):
     return grad[:, in_token].abs().sum().item()
 
 
-def test_bidirectional_ssm_first_token_sees_the_last_token():
+@pytest.mark.parametrize("grid_size", [None, 4])  # the causal conv1d, or the 3x3 grid conv (16 tokens on a 4x4 grid)
+def test_bidirectional_ssm_first_token_sees_the_last_token(grid_size):
     torch.manual_seed(0)
-    layer = BidirectionalSSM(dim=16, d_state=4, d_conv=4, expand=2)
-    x = torch.randn(1, 20, 16)
+    layer = BidirectionalSSM(dim=16, d_state=4, d_conv=4, expand=2, grid_size=grid_size)
+    x = torch.randn(1, 16, 16)
     assert _sensitivity(layer, x, 0, -1) > 0
     assert _sensitivity(layer, x, -1, 0) > 0
     changed = x.clone()
