@@ -45,6 +45,7 @@ class ModelConfig:
     dropout: float = 0.0
     mlp_conv: bool = False  # a depthwise 3x3 conv over the token grid inside each MLP (ConvFFN)
     ssm_conv: str = "1d"  # the SSM layer's depthwise conv: 1d (causal, width d_conv, per direction) | 2d (3x3 over the grid)
+    attn_lsa: bool = False  # Locality Self-Attention: no attending to oneself, learned softmax temperature
 
 
 @dataclass
@@ -365,7 +366,7 @@ def model_from_config(config, num_classes, img_size, in_chans):
     try:
         return VisionMamba(num_classes=num_classes, img_size=img_size, in_chans=in_chans, patch_size=m.patch_size,
                            block_type=m.block_type, stem=m.stem, drop_path=m.drop_path, dropout=m.dropout,
-                           mlp_conv=m.mlp_conv, ssm_conv=m.ssm_conv, **sizes)
+                           mlp_conv=m.mlp_conv, ssm_conv=m.ssm_conv, attn_lsa=m.attn_lsa, **sizes)
     except ValueError as e:  # shapes that clash only once the data's image size is known
         raise ConfigError(f"model: {e}; change model.patch_size, model.stem, model.embed_dim or model.num_heads, "
                           f"or data.img_size") from None

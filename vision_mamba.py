@@ -325,19 +325,30 @@ class BidirectionalSSM(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, dim, num_heads):
+    """Multi-head self-attention. With locality=True it is Locality Self-Attention (Lee et al.
+    2021, ViTs on small datasets): no token attends to itself, whose own similarity otherwise
+    dominates and flattens its attention to the others, and the softmax temperature is learned
+    (from sqrt(head_dim), the usual scale)."""
+
+    def __init__(self, dim, num_heads, locality=False):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
+        self.log_temperature = nn.Parameter(torch.zeros(())) if locality else None  # set by init_weights
 
     def forward(self, x):
         batch, length, dim = x.shape
         qkv = self.qkv(x).reshape(batch, length, 3, self.num_heads, dim // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, L, head_dim) each
-        x = F.scaled_dot_product_attention(q, k, v)
+        if self.log_temperature is None:
+            x = F.scaled_dot_product_attention(q, k, v)
+        else:
+            not_self = ~torch.eye(length, dtype=torch.bool, device=x.device)  # (L, L): True where attending is allowed
+            q = q * torch.exp(-self.log_temperature).to(q.dtype)
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=not_self, scale=1.0)
         return self.proj(x.transpose(1, 2).reshape(batch, length, dim))
 
 
@@ -392,12 +403,12 @@ class Block(nn.Module):
     """
 
     def __init__(self, dim, block_type, num_heads, d_state, d_conv, expand, mlp_ratio, drop_path, dropout,
-                 mlp_grid=None, ssm_grid=None):
+                 mlp_grid=None, ssm_grid=None, attn_lsa=False):
         super().__init__()
         self.block_type = block_type
         self.norm1 = nn.LayerNorm(dim)
         self.ssm = BidirectionalSSM(dim, d_state, d_conv, expand, ssm_grid) if block_type in ("hybrid", "ssm") else None
-        self.attn = Attention(dim, num_heads) if block_type in ("hybrid", "attention") else None
+        self.attn = Attention(dim, num_heads, attn_lsa) if block_type in ("hybrid", "attention") else None
         self.gate = nn.Parameter(torch.zeros(dim)) if block_type == "hybrid" else None
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout, grid_size=mlp_grid)
@@ -431,7 +442,7 @@ def parse_block_pattern(block_type, depth):
 class VisionMamba(nn.Module):
     def __init__(self, num_classes=10, img_size=32, in_chans=3, patch_size=4, embed_dim=192, depth=12,
                  num_heads=3, d_state=16, d_conv=4, expand=1, mlp_ratio=4.0, block_type="hybrid",
-                 stem="conv", drop_path=0.1, dropout=0.0, mlp_conv=False, ssm_conv="1d"):
+                 stem="conv", drop_path=0.1, dropout=0.0, mlp_conv=False, ssm_conv="1d", attn_lsa=False):
         super().__init__()
         self.num_classes = num_classes
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, stem)
@@ -442,7 +453,7 @@ class VisionMamba(nn.Module):
         grid = img_size // patch_size
         self.blocks = nn.ModuleList(
             Block(embed_dim, kind, num_heads, d_state, d_conv, expand, mlp_ratio, rate, dropout,
-                  mlp_grid=grid if mlp_conv else None, ssm_grid=grid if ssm_conv == "2d" else None)
+                  mlp_grid=grid if mlp_conv else None, ssm_grid=grid if ssm_conv == "2d" else None, attn_lsa=attn_lsa)
             for kind, rate in zip(parse_block_pattern(block_type, depth), drop_rates)
         )
         self.norm = nn.LayerNorm(embed_dim)
@@ -495,6 +506,9 @@ def init_weights(model):
             nn.init.uniform_(module.dt_proj, -bound, bound)
             dt = torch.exp(torch.empty_like(module.dt_bias).uniform_(math.log(1e-3), math.log(1e-1)))
             module.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        elif isinstance(module, Attention) and module.log_temperature is not None:
+            head_dim = module.qkv.in_features // module.num_heads
+            module.log_temperature.fill_(0.5 * math.log(head_dim))  # temperature sqrt(head_dim): the usual scale at init
     if isinstance(model, VisionMamba):
         nn.init.trunc_normal_(model.pos_embed, std=0.02)
 

@@ -46,6 +46,7 @@ def test_partial_json_files_start_from_the_defaults(tmp_path):
     ({"model": {"model_size": "huge"}}, ["model.model_size", "tiny, small, base, large"]),
     ({"model": {"block_type": "mamba"}}, ["model.block_type", "hybrid, ssm, attention"]),
     ({"model": {"ssm_conv": "3d"}}, ["model.ssm_conv", "1d, 2d"]),
+    ({"model": {"attn_lsa": 1}}, ["model.attn_lsa", "expected bool"]),
     ({"model": {"mlp_conv": "yes"}}, ["model.mlp_conv", "expected bool"]),
     ({"data": {"dataset": "imagenet"}}, ["data.dataset", "cifar10"]),
     ({"data": {"val_fraction": 1.5}}, ["data.val_fraction"]),

@@ -122,6 +122,7 @@ def test_a_checkpoint_with_grid_convs_is_rebuilt_and_scores_what_training_report
     out = tmp_path / "run"
     # no EMA and no TTA: the checkpoint's weights are the ones the test figure came from, scored the same way
     assert train_vision_mamba.main(train_args(out, "--set", "model.mlp_conv=true", "--set", "model.ssm_conv=2d",
+                                              "--set", "model.attn_lsa=true",
                                               "--set", "training.ema=false",
                                               "--set", "training.tta=false", epochs=1)) == 0
     checkpoint = out / "checkpoints" / "vision_mamba_digits" / "best_model.pth"

@@ -105,16 +105,45 @@ def test_mlp_conv_mixes_each_token_with_its_grid_neighbours_only():
 
 
 @pytest.mark.parametrize("ssm_conv", vm.SSM_CONVS)
-def test_model_with_mlp_conv_trains_and_compiles_without_graph_breaks(ssm_conv):
+def test_model_with_the_locality_options_trains_and_compiles_without_graph_breaks(ssm_conv):
     import torch._dynamo as dynamo
     model = create_model("tiny", depth=2, img_size=28, in_chans=1, embed_dim=32, num_heads=2, block_type="ssm,attention",
-                         mlp_conv=True, ssm_conv=ssm_conv)
+                         mlp_conv=True, ssm_conv=ssm_conv, attn_lsa=True)
     assert all(block.mlp.dwconv is not None for block in model.blocks)
     assert isinstance(model.blocks[0].ssm.conv, torch.nn.Conv2d if ssm_conv == "2d" else torch.nn.Conv1d)
     x = torch.randn(2, 1, 28, 28)
     model(x).sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     assert dynamo.explain(model)(x).graph_break_count == 0
+
+
+@pytest.mark.parametrize("locality", [False, True])
+def test_locality_self_attention_never_attends_to_the_token_itself(locality):
+    dim, length = 8, 5
+    attn = vm.Attention(dim, num_heads=2, locality=locality)
+    vm.init_weights(attn)
+    with torch.no_grad():  # q = k = 0: equal similarities; v = x; proj = identity
+        attn.qkv.weight.zero_()
+        attn.qkv.weight[2 * dim:].copy_(torch.eye(dim))
+        attn.qkv.bias.zero_()
+        attn.proj.weight.copy_(torch.eye(dim))
+        attn.proj.bias.zero_()
+    x = torch.randn(3, length, dim)
+    others = (x.sum(1, keepdim=True) - x) / (length - 1)  # each token's mean over the other tokens
+    expected = others if locality else x.mean(1, keepdim=True).expand_as(x)
+    assert torch.allclose(attn(x), expected, atol=1e-6)
+
+
+def test_locality_self_attention_starts_at_the_usual_scale_and_learns_its_temperature():
+    torch.manual_seed(0)
+    model = create_model("tiny", depth=2, embed_dim=32, num_heads=2, block_type="attention", attn_lsa=True)
+    attn = model.blocks[0].attn
+    assert torch.exp(attn.log_temperature).item() == pytest.approx(16 ** 0.5)  # sqrt(head_dim)
+    assert "blocks.0.attn.log_temperature" in model.no_weight_decay()
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert attn.log_temperature.grad is not None and attn.log_temperature.grad != 0
+    plain = create_model("tiny", depth=2, embed_dim=32, num_heads=2, block_type="attention")
+    assert plain.blocks[0].attn.log_temperature is None and count_parameters(model) == count_parameters(plain) + 2
 
 
 def random_scan_inputs(batch, length, groups, inner, d_state, delta_scale=1.0, seed=0):
