@@ -268,6 +268,12 @@ class ResidualConvPair(nn.Module):
         return x + self.convs(x)
 
 
+def grid_conv(conv, tokens, side):
+    """A 2D conv over tokens laid out row-major on a side x side grid: (B, L, C) -> (B, L, C)."""
+    grid = tokens.unflatten(1, (side, side)).permute(0, 3, 1, 2)  # (B, C, H/p, W/p), channels-last in memory: no copy
+    return conv(grid).permute(0, 2, 3, 1).flatten(1, 2)  # (B, L, C)
+
+
 class BidirectionalSSM(nn.Module):
     """Mamba selective SSM layer scanning the tokens in both directions (as Vim does).
 
@@ -350,12 +356,6 @@ class Attention(nn.Module):
             q = q * torch.exp(-self.log_temperature).to(q.dtype)
             x = F.scaled_dot_product_attention(q, k, v, attn_mask=not_self, scale=1.0)
         return self.proj(x.transpose(1, 2).reshape(batch, length, dim))
-
-
-def grid_conv(conv, tokens, side):
-    """A 2D conv over tokens laid out row-major on a side x side grid: (B, L, C) -> (B, L, C)."""
-    grid = tokens.unflatten(1, (side, side)).permute(0, 3, 1, 2)  # (B, C, H/p, W/p), channels-last in memory: no copy
-    return conv(grid).permute(0, 2, 3, 1).flatten(1, 2)  # (B, L, C)
 
 
 class Mlp(nn.Module):
