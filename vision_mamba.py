@@ -268,8 +268,46 @@ class ResidualConvPair(nn.Module):
         return x + self.convs(x)
 
 
+# Depthwise convs (the SSM's causal conv1d, the 3x3 grid convs) run as conv kernels. With
+# VISION_MAMBA_CONV=shifts, compiled graphs compute them instead as sums of shifted copies, which
+# inductor can fuse with the element-wise ops around them (the official Mamba hand-writes a CUDA
+# kernel, causal_conv1d, for the same reason). Eager runs keep the conv kernels: the shifted
+# copies cost more there (CPU: 33-39 ms against 22-26 ms, forward and backward of one SSM conv).
+# Off by default until a GPU measurement shows it faster.
+CONV_BACKEND = os.environ.get("VISION_MAMBA_CONV", "aten")
+
+
+def _convs_as_shifts():
+    return CONV_BACKEND == "shifts" and torch.compiler.is_compiling()
+
+
+def causal_conv(conv, u):
+    """conv, a depthwise Conv1d over G*E channels with padding K-1, applied causally along L:
+    u (B, L, G, E) -> (B, L, G, E), output t seeing inputs t-K+1 .. t."""
+    batch, length, groups, inner = u.shape
+    if _convs_as_shifts():
+        taps = conv.kernel_size[0]
+        weight = conv.weight.view(groups, inner, taps).to(u.dtype)
+        padded = F.pad(u, (0, 0, 0, 0, taps - 1, 0))  # (B, K-1+L, G, E): zeros before the first token
+        out = conv.bias.view(groups, inner).to(u.dtype)
+        for k in range(taps):
+            out = out + padded[:, k:k + length] * weight[..., k]
+        return out
+    x = conv(u.flatten(2).transpose(1, 2))[..., :length]  # (B, G*E, L): zero-padded both ends, the tail cut off
+    return x.transpose(1, 2).unflatten(2, (groups, inner))
+
+
 def grid_conv(conv, tokens, side):
-    """A 2D conv over tokens laid out row-major on a side x side grid: (B, L, C) -> (B, L, C)."""
+    """conv, a depthwise 3x3 Conv2d with padding 1, over tokens laid out row-major on a side x side
+    grid: (B, L, C) -> (B, L, C)."""
+    if _convs_as_shifts():
+        padded = F.pad(tokens.unflatten(1, (side, side)), (0, 0, 1, 1, 1, 1))  # (B, H/p+2, W/p+2, C), zero border
+        weight = conv.weight[:, 0].to(tokens.dtype)  # (C, 3, 3)
+        out = conv.bias.to(tokens.dtype)
+        for row in range(3):
+            for col in range(3):
+                out = out + padded[:, row:row + side, col:col + side] * weight[:, row, col]
+        return out.flatten(1, 2)
     grid = tokens.unflatten(1, (side, side)).permute(0, 3, 1, 2)  # (B, C, H/p, W/p), channels-last in memory: no copy
     return conv(grid).permute(0, 2, 3, 1).flatten(1, 2)  # (B, L, C)
 
@@ -312,15 +350,13 @@ class BidirectionalSSM(nn.Module):
         init_weights(self)  # usable on its own, not only inside VisionMamba
 
     def forward(self, x):
-        length = x.shape[1]
         u, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, E) each
         if self.grid_size:
             u = F.silu(grid_conv(self.conv, u, self.grid_size))
             u = torch.stack([u, u.flip(1)], dim=2)  # (B, L, G=2, E): direction 1 reads the tokens backwards
         else:
             u = torch.stack([u, u.flip(1)], dim=2)  # (B, L, G=2, E): direction 1 reads the tokens backwards
-            u = self.conv(u.flatten(2).transpose(1, 2))[..., :length]  # causal depthwise conv over L: (B, G*E, L)
-            u = F.silu(u.transpose(1, 2).unflatten(2, (2, self.inner)))  # (B, L, G, E)
+            u = F.silu(causal_conv(self.conv, u))  # each direction's conv sees only its own earlier tokens
         proj = torch.einsum("blge,gef->blgf", u, self.x_proj.to(u.dtype))  # (B, L, G, R + 2N)
         dt_low, Bm, Cm = proj.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.softplus(torch.einsum("blgr,gre->blge", dt_low, self.dt_proj.to(dt_low.dtype)).float() + self.dt_bias)

@@ -37,6 +37,7 @@ import data_pipeline  # noqa: E402
 from config import COMPILE_MODES, apply_overrides, get_preset  # noqa: E402
 from train_vision_mamba import (amp_dtype, build_model, compile_model, make_step_parts,  # noqa: E402
                                 resolve_compile_mode, train_step)
+import vision_mamba  # noqa: E402
 from vision_mamba import BLOCK_TYPES, MODEL_SIZES, SSM_CONVS, STEMS, count_parameters  # noqa: E402
 
 from bench_model import block_pattern, synchronize  # noqa: E402  (this folder is on sys.path when a script runs)
@@ -146,7 +147,7 @@ def bench(args, device, size, block_type, batch_size):
             "syncs_per_step": None if syncs is None else sum(syncs.values()) / SYNC_CHECKED_STEPS,
             "gpu_kernel_ms": None if kernel_ms is None else round(kernel_ms, 2),
             "ema": ema is not None, "mixing": mixing, "stem": config.model.stem,
-            "mlp_conv": config.model.mlp_conv, "ssm_conv": config.model.ssm_conv,
+            "mlp_conv": config.model.mlp_conv, "ssm_conv": config.model.ssm_conv, "conv_backend": vision_mamba.CONV_BACKEND,
             "peak_mem_mib": peak, "resident": data.resident, "torch": torch.__version__,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "date": time.strftime("%Y-%m-%d")}

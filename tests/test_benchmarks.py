@@ -27,9 +27,9 @@ def test_bench_model_runs_and_writes_rows(tmp_path):
 def test_bench_train_runs_the_real_data_path(tmp_path):
     out = tmp_path / "rows.jsonl"
     result = run_script("benchmarks/bench_train.py", ["--device", "cpu", "--num_images", "300", "--block_types", "ssm,attention",
-                                                      "--stem", "conv3", "--mlp_conv", "off", "--batch_sizes", "8", "--steps", "1", "--warmup", "0", "--profile",
-                                                      "--compile", "regional",
-                                                      "--json", str(out)])
+                                                      "--stem", "conv3", "--mlp_conv", "off", "--batch_sizes", "8", "--steps", "1",
+                                                      "--warmup", "0", "--profile", "--compile", "regional",
+                                                      "--json", str(out)], env={"VISION_MAMBA_CONV": "shifts"})
     assert result.returncode == 0, result.stderr[-2000:]
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert row["block_type"] == "ssm,attention" and row["batch_size"] == 8 and row["img_per_s"] > 0
@@ -37,6 +37,7 @@ def test_bench_train_runs_the_real_data_path(tmp_path):
     # the training loop's own step, with the cifar10 preset's EMA and MixUp/CutMix; --stem and --mlp_conv override the
     # preset's conv5 and ConvFFN
     assert row["ema"] is True and row["mixing"] is True and row["stem"] == "conv3" and row["mlp_conv"] is False
+    assert row["conv_backend"] == "shifts"  # the row says how the depthwise convs ran (VISION_MAMBA_CONV)
     assert "top kernels by self_cpu_time_total" in result.stdout and "aten::" in result.stdout
     assert 0 < row["data_fraction"] < 10 and row["step_ms"] > 0
     # forward + backward of the matmuls alone is at least 6 x params x images per step

@@ -96,3 +96,22 @@ def test_training_step_never_waits_for_the_gpu():
     step = lambda: train_step(model, model, images, labels, criterion, optimizer, scaler, ema, torch.bfloat16, t.grad_clip)  # noqa: E731
     step()  # first calls may set things up (the EMA's copy, optimizer state)
     assert count_syncs(step, 3) == {}
+
+
+def test_compiled_shifted_sum_convs_equal_eager_on_cuda(monkeypatch):
+    # VISION_MAMBA_CONV=shifts: inductor's fused version of the depthwise convs, against the eager conv kernels
+    import vision_mamba as vm
+    torch.manual_seed(0)
+    model = create_model("tiny", depth=2, block_type="ssm,attention", mlp_conv=True).cuda().eval()
+    x = torch.randn(8, 3, 32, 32, device="cuda")
+    eager = model(x)
+    eager.square().mean().backward()
+    eager_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    monkeypatch.setattr(vm, "CONV_BACKEND", "shifts")
+    torch._dynamo.reset()
+    compiled = torch.compile(model)(x)
+    compiled.square().mean().backward()
+    assert rel_err(compiled, eager) < 1e-4
+    for name, p in model.named_parameters():
+        assert rel_err(p.grad, eager_grads[name]) < 1e-3, name

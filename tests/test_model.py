@@ -146,6 +146,45 @@ def test_locality_self_attention_starts_at_the_usual_scale_and_learns_its_temper
     assert plain.blocks[0].attn.log_temperature is None and count_parameters(model) == count_parameters(plain) + 2
 
 
+@pytest.mark.parametrize("ssm_conv", vm.SSM_CONVS)
+def test_depthwise_convs_as_shifted_sums_equal_the_conv_kernels(ssm_conv, monkeypatch):
+    # VISION_MAMBA_CONV=shifts: what compiled graphs compute instead of the depthwise conv kernels
+    torch.manual_seed(0)
+    model = create_model("tiny", depth=2, embed_dim=32, num_heads=2, block_type="ssm,attention", mlp_conv=True,
+                         ssm_conv=ssm_conv).eval()  # eval: no random drop path
+    x = torch.randn(3, 3, 32, 32)
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        out = model(x)
+        out.square().sum().backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters()}
+    kernels, kernel_grads = run()
+    monkeypatch.setattr(vm, "_convs_as_shifts", lambda: True)
+    shifts, shift_grads = run()
+    assert rel_err(shifts, kernels) < 1e-5
+    for name in kernel_grads:
+        assert rel_err(shift_grads[name], kernel_grads[name]) < 1e-4, name
+
+
+def test_compiled_graphs_use_the_shifted_sums_only_when_asked(monkeypatch):
+    import collections
+    import torch._dynamo as dynamo
+    model = create_model("tiny", depth=2, embed_dim=32, num_heads=2, block_type="ssm", mlp_conv=True)
+    x = torch.randn(2, 3, 32, 32)
+
+    def traced_convs():
+        dynamo.reset()  # trace afresh: the setting is read while tracing
+        explained = dynamo.explain(model)(x)
+        assert explained.graph_break_count == 0
+        calls = collections.Counter(getattr(node.target, "__name__", "") for graph in explained.graphs
+                                    for node in graph.graph.nodes if node.op == "call_function")
+        return calls["conv1d"], calls["conv2d"]
+    assert traced_convs() == (2, 4)  # the two SSMs' conv1d; the stem's 3x3 conv and patchify, the two ConvFFNs
+    monkeypatch.setattr(vm, "CONV_BACKEND", "shifts")
+    assert traced_convs() == (0, 2)  # only the stem's convs remain
+
+
 def random_scan_inputs(batch, length, groups, inner, d_state, delta_scale=1.0, seed=0):
     gen = torch.Generator().manual_seed(seed)
     u = torch.randn(batch, length, groups, inner, generator=gen)
