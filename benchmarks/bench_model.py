@@ -78,7 +78,8 @@ def bench_train(args, device, size, block_type):
     first_step_s = time.perf_counter() - start
     seconds = timed(step, device, args.warmup, args.iters)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
-    return {"kind": "train", "size": size, "block_type": block_type, "stem": args.stem, "mlp_conv": args.mlp_conv, "ssm_conv": args.ssm_conv, "batch_size": args.batch_size,
+    return {"kind": "train", "size": size, "block_type": block_type, "stem": args.stem, "mlp_conv": args.mlp_conv,
+            "ssm_conv": args.ssm_conv, "batch_size": args.batch_size,
             "params_m": round(params / 1e6, 2), "img_per_s": round(args.batch_size / seconds, 1),
             "step_ms": round(seconds * 1e3, 2), "first_step_s": round(first_step_s, 2), "peak_mem_mib": peak}
 
