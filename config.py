@@ -148,13 +148,15 @@ def merge(base, override):
 # 100 classes, not measured (no CIFAR-100 data was available). fashion_mnist is the cifar10 model
 # without the MLPs' grid conv (measured before it; one screen run showed no clear gain on
 # Fashion-MNIST) and the same speed settings on 28x28 grey images (49 tokens), with random erasing
-# and 2-px crops.
+# and 2-px crops. The cifar10 recipe keeps only 2% of the training set (1,000 images) for model
+# selection: its best epochs fall in the last fifth of training, where validation accuracy barely
+# moves, so the other 4,000 images do more good as training data.
 CIFAR10_RECIPE = {
     "model": {"model_size": "tiny", "block_type": "ssm,attention", "patch_size": 4, "stem": "conv5", "drop_path": 0.1,
-              "mlp_conv": True},
-    "data": {"dataset": "cifar10", "batch_size": 1024, "crop_padding": 4, "val_fraction": 0.1,
-             "mixup_alpha": 0.8, "cutmix_alpha": 1.0, "mix_off_epochs": 17},
-    "training": {"epochs": 100, "lr": 1.5e-3, "warmup_epochs": 5.0, "weight_decay": 0.05, "label_smoothing": 0.1,
+              "mlp_conv": True, "ssm_conv": "2d"},
+    "data": {"dataset": "cifar10", "batch_size": 1024, "crop_padding": 4, "val_fraction": 0.02,
+             "mixup_alpha": 0.8, "cutmix_alpha": 1.0, "mix_off_epochs": 20},
+    "training": {"epochs": 120, "lr": 1.5e-3, "warmup_epochs": 5.0, "weight_decay": 0.05, "label_smoothing": 0.1,
                  "ema": True, "ema_decay": 0.999, "tta": True},
 }
 

@@ -367,19 +367,22 @@ class BidirectionalSSM(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention. With locality=True it is Locality Self-Attention (Lee et al.
-    2021, ViTs on small datasets): no token attends to itself, whose own similarity otherwise
-    dominates and flattens its attention to the others, and the softmax temperature is learned
-    (from sqrt(head_dim), the usual scale)."""
+    """Multi-head self-attention. With lsa_tokens=L (the sequence length) it is Locality
+    Self-Attention (Lee et al. 2021, ViTs on small datasets): no token attends to itself, whose own
+    similarity otherwise dominates and flattens its attention to the others, and the softmax
+    temperature is learned (from sqrt(head_dim), the usual scale)."""
 
-    def __init__(self, dim, num_heads, locality=False):
+    def __init__(self, dim, num_heads, lsa_tokens=None):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
-        self.log_temperature = nn.Parameter(torch.zeros(())) if locality else None  # set by init_weights
+        self.log_temperature = nn.Parameter(torch.zeros(())) if lsa_tokens else None  # set by init_weights
+        if lsa_tokens:  # built once, not per step (non-persistent: not in checkpoints)
+            not_self = ~torch.eye(lsa_tokens, dtype=torch.bool)  # (L, L): True where attending is allowed
+            self.register_buffer("not_self", not_self, persistent=False)
 
     def forward(self, x):
         batch, length, dim = x.shape
@@ -388,9 +391,8 @@ class Attention(nn.Module):
         if self.log_temperature is None:
             x = F.scaled_dot_product_attention(q, k, v)
         else:
-            not_self = ~torch.eye(length, dtype=torch.bool, device=x.device)  # (L, L): True where attending is allowed
             q = q * torch.exp(-self.log_temperature).to(q.dtype)
-            x = F.scaled_dot_product_attention(q, k, v, attn_mask=not_self, scale=1.0)
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=self.not_self, scale=1.0)
         return self.proj(x.transpose(1, 2).reshape(batch, length, dim))
 
 
@@ -439,12 +441,12 @@ class Block(nn.Module):
     """
 
     def __init__(self, dim, block_type, num_heads, d_state, d_conv, expand, mlp_ratio, drop_path, dropout,
-                 mlp_grid=None, ssm_grid=None, attn_lsa=False):
+                 mlp_grid=None, ssm_grid=None, lsa_tokens=None):
         super().__init__()
         self.block_type = block_type
         self.norm1 = nn.LayerNorm(dim)
         self.ssm = BidirectionalSSM(dim, d_state, d_conv, expand, ssm_grid) if block_type in ("hybrid", "ssm") else None
-        self.attn = Attention(dim, num_heads, attn_lsa) if block_type in ("hybrid", "attention") else None
+        self.attn = Attention(dim, num_heads, lsa_tokens) if block_type in ("hybrid", "attention") else None
         self.gate = nn.Parameter(torch.zeros(dim)) if block_type == "hybrid" else None
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout, grid_size=mlp_grid)
@@ -489,7 +491,8 @@ class VisionMamba(nn.Module):
         grid = img_size // patch_size
         self.blocks = nn.ModuleList(
             Block(embed_dim, kind, num_heads, d_state, d_conv, expand, mlp_ratio, rate, dropout,
-                  mlp_grid=grid if mlp_conv else None, ssm_grid=grid if ssm_conv == "2d" else None, attn_lsa=attn_lsa)
+                  mlp_grid=grid if mlp_conv else None, ssm_grid=grid if ssm_conv == "2d" else None,
+                  lsa_tokens=grid * grid if attn_lsa else None)
             for kind, rate in zip(parse_block_pattern(block_type, depth), drop_rates)
         )
         self.norm = nn.LayerNorm(embed_dim)

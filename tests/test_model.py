@@ -120,7 +120,7 @@ def test_model_with_the_locality_options_trains_and_compiles_without_graph_break
 @pytest.mark.parametrize("locality", [False, True])
 def test_locality_self_attention_never_attends_to_the_token_itself(locality):
     dim, length = 8, 5
-    attn = vm.Attention(dim, num_heads=2, locality=locality)
+    attn = vm.Attention(dim, num_heads=2, lsa_tokens=length if locality else None)
     vm.init_weights(attn)
     with torch.no_grad():  # q = k = 0: equal similarities; v = x; proj = identity
         attn.qkv.weight.zero_()
