@@ -510,7 +510,8 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
             model, device_ids=[device.index] if device.type == "cuda" else None)
     train_model = compile_model(train_model, compile_mode)
     eval_module = ema.module if ema is not None else model
-    eval_model = compile_model(eval_module, compile_mode)
+    # the evaluation graph (eval mode, no autograd, and for EMA another module) compiles apart from the training one
+    eval_model = compile_model(eval_module, compile_mode if t.compile_eval else "off")
     tta = t.tta and info.hflip
 
     summary = {"config": config.to_dict(), "environment": environment(device, runtime),
@@ -518,7 +519,7 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
                "batch_size_per_process": config.data.batch_size,
                "effective_batch_size": config.data.batch_size * runtime.world_size,
                "lr_scaling": t.lr_scaling, "effective_lr": lr, "gpu_resident_data": data.resident,
-               "compiled": compiled, "compile_mode": compile_mode,
+               "compiled": compiled, "compile_mode": compile_mode, "eval_compiled": compiled and t.compile_eval,
                "amp": str(dtype).replace("torch.", "") if dtype else "off", "data_load_s": data_load_s, "epochs": history,
                "best_epoch": best_epoch, "best_val": stopper.best, "monitor": t.monitor}  # a resumed run's so far
     prepare_output_folders(paths, runtime, overwrite)

@@ -9,6 +9,7 @@ import train_vision_mamba
 from config import load_config
 from data_pipeline import DATASET_INFO
 from helpers import assert_one_line_error, assert_png, final_weights, read_log, run_script, train_args
+from vision_mamba import VisionMamba
 
 EPOCH_KEYS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time", "img_per_s"}
 
@@ -263,6 +264,26 @@ def test_partial_compile_trains_like_eager_and_is_logged(tmp_path, capsys):
         # AdamW turns rounding noise into lr-sized steps that differ between compiled and eager code
         for key in a:
             assert torch.allclose(a[key], b[key], rtol=1e-3, atol=1e-4), (mode, key)
+
+
+def test_compile_eval_false_evaluates_the_uncompiled_ema_module(tmp_path, monkeypatch):
+    calls = []  # (module, mode) of each compile_model call; nothing is really compiled here
+
+    def record(module, mode):
+        calls.append((module, mode))
+        return module
+    monkeypatch.setattr(train_vision_mamba, "compile_model", record)
+    for compile_eval in (True, False):
+        calls.clear()
+        out = tmp_path / str(compile_eval)
+        assert train_vision_mamba.main(train_args(out, "--set", "training.compile=regional", "--set", "training.ema=true",
+                                                  "--set", f"training.compile_eval={str(compile_eval).lower()}",
+                                                  epochs=1)) == 0
+        (train_module, train_mode), (eval_module, eval_mode) = calls
+        assert train_mode == "regional" and eval_mode == ("regional" if compile_eval else "off")
+        assert isinstance(eval_module, VisionMamba) and eval_module is not train_module  # the EMA's copy
+        log = read_log(out)
+        assert log["compiled"] is True and log["eval_compiled"] is compile_eval
 
 
 def test_compile_auto_leaves_attention_eager_on_cuda_and_compiles_nothing_on_cpu():
