@@ -97,6 +97,7 @@ class TrainingConfig:
     device: str = "auto"
     deterministic: bool = False
     tta: bool = False  # average logits of image and mirror at test time
+    tta_shift: int = 0  # also average over the image moved by +/- N px on both axes (airbench's TTA); 0: off
     lr_scaling: str = "none"  # multi-GPU: "linear" multiplies lr by the number of processes
 
 
@@ -330,6 +331,7 @@ def validate(config):
     _require(d.mix_off_epochs >= 0, f"data.mix_off_epochs must be >= 0, got {d.mix_off_epochs}")
 
     _require(t.epochs >= 1, f"training.epochs must be >= 1, got {t.epochs}")
+    _require(0 <= t.tta_shift <= 4, f"training.tta_shift must be 0 (off) to 4 pixels, got {t.tta_shift}")
     _require(t.lr > 0, f"training.lr must be > 0, got {t.lr}")
     _require(0 <= t.min_lr <= t.lr, f"training.min_lr must be in [0, training.lr], got {t.min_lr}")
     _require(t.weight_decay >= 0, f"training.weight_decay must be >= 0, got {t.weight_decay}")

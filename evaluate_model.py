@@ -37,6 +37,8 @@ def parse_args(argv=None):
     p.add_argument("--batch_size", type=int, default=None)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--tta", action="store_true", help="average each image's logits with its mirror's")
+    p.add_argument("--tta_shift", type=int, default=0,
+                   help="also average over the image moved by +/- N pixels on both axes (0 to 4; training.tta_shift)")
     p.add_argument("--num_samples", type=int, default=32, help="images in sample_predictions.png / misclassified.png")
     p.add_argument("--images", nargs="+", default=None,
                    help="predict these image files (a folder: every image in it) instead of evaluating a dataset")
@@ -46,6 +48,8 @@ def parse_args(argv=None):
         raise UsageError("--output_dir is required (unless you pass --images to predict on your own files)")
     if args.num_samples < 1 or args.top_k < 1 or (args.batch_size is not None and args.batch_size < 1):
         raise UsageError("--num_samples, --top_k and --batch_size must be >= 1")
+    if not 0 <= args.tta_shift <= 4:
+        raise UsageError(f"--tta_shift must be 0 (off) to 4 pixels, got {args.tta_shift}")
     return args
 
 
@@ -114,7 +118,7 @@ def write_reports(output_dir, logits, labels, class_names, info, loader, args, c
     preds = logits.argmax(1)
     loss, accuracy = loss_and_accuracy(logits, labels)
     metrics, cm, report = classification_metrics(labels.numpy(), preds.numpy(), class_names)
-    metrics.update(loss=loss, split=args.split, tta=args.tta, checkpoint=os.path.abspath(args.checkpoint),
+    metrics.update(loss=loss, split=args.split, tta=args.tta, tta_shift=args.tta_shift, checkpoint=os.path.abspath(args.checkpoint),
                    checkpoint_epoch=checkpoint_state.get("epoch"), dataset=checkpoint_state["config"]["data"]["dataset"])
     write_json(os.path.join(output_dir, "metrics.json"), metrics)
     atomic_write(os.path.join(output_dir, "classification_report.txt"), lambda f: f.write(report.encode()))
@@ -190,7 +194,8 @@ def main(argv=None):
                                   f"{data.class_names[:5]}...; point --data_dir at the training data")
         loader = data.test if args.split == "test" else data.val
         tta = args.tta and data.info.hflip
-        logits, labels = predict(model, loader, device, torch.bfloat16 if device.type == "cuda" else None, tta=tta)
+        logits, labels = predict(model, loader, device, torch.bfloat16 if device.type == "cuda" else None, tta=tta,
+                                 tta_shift=args.tta_shift)
         os.makedirs(args.output_dir, exist_ok=True)
         metrics = write_reports(args.output_dir, logits, labels, class_names, data.info, loader, args, state)
     except (UsageError, ConfigError) + USER_ERRORS as e:

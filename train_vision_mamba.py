@@ -353,9 +353,23 @@ class EarlyStopping:
 # Evaluation (shared with evaluate_model.py)
 
 
+def test_time_views(images, mirror=False, shift=0):
+    """The views whose logits test-time augmentation averages: the image, with shift > 0 also the
+    image moved by +shift and -shift pixels along both axes (reflect-padded, like the training crops;
+    airbench's TTA), and with mirror each of those mirrored."""
+    views = [images]
+    if shift:
+        height, width = images.shape[-2:]
+        padded = F.pad(images, (shift,) * 4, mode="reflect")  # (B, C, H + 2s, W + 2s)
+        # content moved +s, -s; contiguous, or a compiled model would compile again for the strides of a slice
+        views += [padded[..., :height, :width].contiguous(), padded[..., 2 * shift:, 2 * shift:].contiguous()]
+    return (views + [view.flip(3) for view in views]) if mirror else views
+
+
 @torch.no_grad()
-def predict(model, loader, device, dtype=None, tta=False):
-    """Logits (float32, CPU) and labels over a loader; tta averages each image with its mirror.
+def predict(model, loader, device, dtype=None, tta=False, tta_shift=0):
+    """Logits (float32, CPU) and labels over a loader; tta averages each image with its mirror,
+    tta_shift > 0 also with its translations (test_time_views).
 
     A shorter last batch is padded to the first batch's size and the padding's logits dropped:
     a compiled model then sees one batch shape, instead of compiling a second, dynamic-shape graph
@@ -369,9 +383,8 @@ def predict(model, loader, device, dtype=None, tta=False):
         if count < full:
             images = torch.cat([images, images.new_zeros((full - count, *images.shape[1:]))])
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            logits = model(images).float()
-            if tta:
-                logits = (logits + model(images.flip(3)).float()) / 2
+            views = test_time_views(images, tta, tta_shift)
+            logits = sum(model(view).float() for view in views) / len(views)
         all_logits.append(logits[:count].cpu())
         all_labels.append(labels.cpu())
     return torch.cat(all_logits), torch.cat(all_labels)
@@ -785,11 +798,11 @@ def _finish(config, paths, summary, history, class_names, data, eval_model, eval
     if os.path.exists(best_path):
         best = load_checkpoint(best_path)
         eval_module.load_state_dict(evaluation_weights(best))
-    logits, labels = predict(eval_model, data.test, device, dtype, tta=tta)
+    logits, labels = predict(eval_model, data.test, device, dtype, tta=tta, tta_shift=config.training.tta_shift)
     test_loss, test_acc = loss_and_accuracy(logits, labels)
     metrics, cm, _ = classification_metrics(labels.numpy(), logits.argmax(1).numpy(), class_names)
-    summary.update(test_loss=test_loss, test_acc=test_acc, test_tta=tta, test_macro_f1=metrics["macro"]["f1"],
-                   test_s=time.time() - test_started, total_time_s=time.time() - started, finished=True)
+    summary.update(test_loss=test_loss, test_acc=test_acc, test_tta=tta, test_tta_shift=config.training.tta_shift,
+                   test_macro_f1=metrics["macro"]["f1"], test_s=time.time() - test_started, total_time_s=time.time() - started, finished=True)
     write_json(os.path.join(paths.logs, "training_log.json"), summary)
     plot_training_curves(history, os.path.join(paths.logs, "training_curves.png"))
     plot_confusion_matrix(cm, class_names, os.path.join(paths.logs, "confusion_matrix.png"),

@@ -50,6 +50,7 @@ def test_partial_json_files_start_from_the_defaults(tmp_path):
     ({"model": {"mlp_conv": "yes"}}, ["model.mlp_conv", "expected bool"]),
     ({"data": {"dataset": "imagenet"}}, ["data.dataset", "cifar10"]),
     ({"data": {"val_fraction": 1.5}}, ["data.val_fraction"]),
+    ({"training": {"tta_shift": 5}}, ["training.tta_shift", "0 (off) to 4"]),
     ({"model": {"embed_dim": 30, "num_heads": 4}}, ["divisible"]),
     ({"logging": {"experiment_name": "a/b"}}, ["experiment_name"]),
     ({"training": {"betas": [0.9]}}, ["training.betas"]),

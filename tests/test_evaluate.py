@@ -88,6 +88,11 @@ def test_evaluate_requires_an_output_dir(checkpoint, capsys):
     assert "--output_dir is required" in capsys.readouterr().err
 
 
+def test_evaluate_refuses_a_test_time_shift_out_of_range(checkpoint, tmp_path, capsys):
+    assert evaluate_model.main(["--checkpoint", str(checkpoint), "--output_dir", str(tmp_path), "--tta_shift", "9"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --tta_shift must be 0 (off) to 4 pixels, got 9"
+
+
 def test_demo_passes(tmp_path):
     result = run_script("demo_training.py", ["--output_dir", str(tmp_path)], timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -120,12 +125,15 @@ def test_moved_data_is_one_line_naming_data_dir_and_data_dir_finds_it(tmp_path, 
 def test_a_checkpoint_with_grid_convs_is_rebuilt_and_scores_what_training_reported(tmp_path):
     from helpers import read_log
     out = tmp_path / "run"
-    # no EMA and no TTA: the checkpoint's weights are the ones the test figure came from, scored the same way
+    # no EMA: the checkpoint's weights are the ones the test figure came from, scored the same way (digits
+    # cannot be mirrored, so the test-time views are the image and its 1-px translations, in both scripts)
     assert train_vision_mamba.main(train_args(out, "--set", "model.mlp_conv=true", "--set", "model.ssm_conv=2d",
                                               "--set", "model.attn_lsa=true",
                                               "--set", "training.ema=false",
-                                              "--set", "training.tta=false", epochs=1)) == 0
+                                              "--set", "training.tta_shift=1", epochs=1)) == 0
     checkpoint = out / "checkpoints" / "vision_mamba_digits" / "best_model.pth"
-    assert evaluate_model.main(["--checkpoint", str(checkpoint), "--output_dir", str(tmp_path / "ev"), "--num_samples", "4"]) == 0
+    assert evaluate_model.main(["--checkpoint", str(checkpoint), "--output_dir", str(tmp_path / "ev"), "--num_samples", "4",
+                                "--tta", "--tta_shift", "1"]) == 0
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert read_log(out)["test_tta_shift"] == metrics["tta_shift"] == 1
     assert metrics["accuracy"] == pytest.approx(read_log(out)["test_acc"], abs=1e-6)
