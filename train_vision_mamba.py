@@ -353,7 +353,7 @@ class EarlyStopping:
 # Evaluation (shared with evaluate_model.py)
 
 
-def test_time_views(images, mirror=False, shift=0):
+def tta_views(images, mirror=False, shift=0):
     """The views whose logits test-time augmentation averages: the image, with shift > 0 also the
     image moved by +shift and -shift pixels along both axes (reflect-padded, like the training crops;
     airbench's TTA), and with mirror each of those mirrored."""
@@ -369,7 +369,7 @@ def test_time_views(images, mirror=False, shift=0):
 @torch.no_grad()
 def predict(model, loader, device, dtype=None, tta=False, tta_shift=0):
     """Logits (float32, CPU) and labels over a loader; tta averages each image with its mirror,
-    tta_shift > 0 also with its translations (test_time_views).
+    tta_shift > 0 also with its translations (tta_views).
 
     A shorter last batch is padded to the first batch's size and the padding's logits dropped:
     a compiled model then sees one batch shape, instead of compiling a second, dynamic-shape graph
@@ -383,7 +383,7 @@ def predict(model, loader, device, dtype=None, tta=False, tta_shift=0):
         if count < full:
             images = torch.cat([images, images.new_zeros((full - count, *images.shape[1:]))])
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            views = test_time_views(images, tta, tta_shift)
+            views = tta_views(images, tta, tta_shift)
             logits = sum(model(view).float() for view in views) / len(views)
         all_logits.append(logits[:count].cpu())
         all_labels.append(labels.cpu())

@@ -354,9 +354,9 @@ def test_ema_follows_its_warmup_formula_and_copies_integer_buffers():
         torch.testing.assert_close(ours, torchs, rtol=0, atol=0)
 
 
-def test_test_time_views_are_the_image_moved_by_the_shift_and_mirrored():
+def test_tta_views_are_the_image_moved_by_the_shift_and_mirrored():
     images = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).reshape(2, 3, 6, 6)
-    plain, moved_plus, moved_minus, *mirrored = train_vision_mamba.test_time_views(images, mirror=True, shift=2)
+    plain, moved_plus, moved_minus, *mirrored = train_vision_mamba.tta_views(images, mirror=True, shift=2)
     assert torch.equal(plain, images)
     assert moved_plus.shape == moved_minus.shape == images.shape
     assert torch.equal(moved_plus[..., 2:, 2:], images[..., :-2, :-2])  # content moved down-right by 2
@@ -364,9 +364,9 @@ def test_test_time_views_are_the_image_moved_by_the_shift_and_mirrored():
     assert torch.equal(moved_plus[..., 0, 2:], images[..., 2, :-2])  # reflect padding: row -2 is row 2
     assert [v.shape for v in mirrored] == [images.shape] * 3
     assert all(torch.equal(m, v.flip(3)) for m, v in zip(mirrored, (plain, moved_plus, moved_minus)))
-    assert len(train_vision_mamba.test_time_views(images)) == 1
-    assert len(train_vision_mamba.test_time_views(images, mirror=True)) == 2
-    assert len(train_vision_mamba.test_time_views(images, shift=1)) == 3
+    assert len(train_vision_mamba.tta_views(images)) == 1
+    assert len(train_vision_mamba.tta_views(images, mirror=True)) == 2
+    assert len(train_vision_mamba.tta_views(images, shift=1)) == 3
 
 
 def test_prediction_pads_a_short_last_batch_so_a_compiled_model_compiles_once():
@@ -392,7 +392,7 @@ def test_prediction_pads_a_short_last_batch_so_a_compiled_model_compiles_once():
                                             tta=True, tta_shift=1)
     assert len(graphs) == 1
     with torch.no_grad():
-        views = train_vision_mamba.test_time_views(images, mirror=True, shift=1)
+        views = train_vision_mamba.tta_views(images, mirror=True, shift=1)
         expected = sum(model(view) for view in views) / 6
     torch.testing.assert_close(shifted, expected, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(shifted, logits, atol=1e-3)
