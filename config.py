@@ -21,6 +21,7 @@ DEVICES = ("auto", "cpu", "cuda")
 SWITCHES = ("auto", "on", "off")
 COMPILE_MODES = ("auto", "on", "off", "regional", "all_but_attention")
 MONITORS = ("val_acc", "val_loss")
+MAX_TTA_SHIFT = 4  # test-time translations pad by reflection, which needs a shift under the image side (digits: 8 px)
 
 
 class ConfigError(ValueError):
@@ -331,7 +332,8 @@ def validate(config):
     _require(d.mix_off_epochs >= 0, f"data.mix_off_epochs must be >= 0, got {d.mix_off_epochs}")
 
     _require(t.epochs >= 1, f"training.epochs must be >= 1, got {t.epochs}")
-    _require(0 <= t.tta_shift <= 4, f"training.tta_shift must be 0 (off) to 4 pixels, got {t.tta_shift}")
+    _require(0 <= t.tta_shift <= MAX_TTA_SHIFT,
+             f"training.tta_shift must be 0 (off) to {MAX_TTA_SHIFT} pixels, got {t.tta_shift}")
     _require(t.lr > 0, f"training.lr must be > 0, got {t.lr}")
     _require(0 <= t.min_lr <= t.lr, f"training.min_lr must be in [0, training.lr], got {t.min_lr}")
     _require(t.weight_decay >= 0, f"training.weight_decay must be >= 0, got {t.weight_decay}")

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from checkpoints import CheckpointError, atomic_write, load_checkpoint, model_from_checkpoint
-from config import ConfigError, apply_overrides
+from config import MAX_TTA_SHIFT, ConfigError, apply_overrides
 from data_pipeline import DataError, create_data_loaders, dataset_info, error_line
 from reporting import (classification_metrics, plot_confusion_matrix, plot_image_grid, plot_per_class_accuracy,
                        write_json)
@@ -38,7 +38,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--tta", action="store_true", help="average each image's logits with its mirror's")
     p.add_argument("--tta_shift", type=int, default=0,
-                   help="also average over the image moved by +/- N pixels on both axes (0 to 4; training.tta_shift)")
+                   help=f"also average over the image moved by +/- N pixels on both axes (0 to {MAX_TTA_SHIFT}; "
+                        "training.tta_shift)")
     p.add_argument("--num_samples", type=int, default=32, help="images in sample_predictions.png / misclassified.png")
     p.add_argument("--images", nargs="+", default=None,
                    help="predict these image files (a folder: every image in it) instead of evaluating a dataset")
@@ -48,8 +49,8 @@ def parse_args(argv=None):
         raise UsageError("--output_dir is required (unless you pass --images to predict on your own files)")
     if args.num_samples < 1 or args.top_k < 1 or (args.batch_size is not None and args.batch_size < 1):
         raise UsageError("--num_samples, --top_k and --batch_size must be >= 1")
-    if not 0 <= args.tta_shift <= 4:
-        raise UsageError(f"--tta_shift must be 0 (off) to 4 pixels, got {args.tta_shift}")
+    if not 0 <= args.tta_shift <= MAX_TTA_SHIFT:
+        raise UsageError(f"--tta_shift must be 0 (off) to {MAX_TTA_SHIFT} pixels, got {args.tta_shift}")
     return args
 
 
@@ -118,8 +119,8 @@ def write_reports(output_dir, logits, labels, class_names, info, loader, args, c
     preds = logits.argmax(1)
     loss, accuracy = loss_and_accuracy(logits, labels)
     metrics, cm, report = classification_metrics(labels.numpy(), preds.numpy(), class_names)
-    metrics.update(loss=loss, split=args.split, tta=args.tta, tta_shift=args.tta_shift, checkpoint=os.path.abspath(args.checkpoint),
-                   checkpoint_epoch=checkpoint_state.get("epoch"), dataset=checkpoint_state["config"]["data"]["dataset"])
+    metrics.update(loss=loss, split=args.split, tta=args.tta, tta_shift=args.tta_shift,
+                   checkpoint=os.path.abspath(args.checkpoint), checkpoint_epoch=checkpoint_state.get("epoch"), dataset=checkpoint_state["config"]["data"]["dataset"])
     write_json(os.path.join(output_dir, "metrics.json"), metrics)
     atomic_write(os.path.join(output_dir, "classification_report.txt"), lambda f: f.write(report.encode()))
 
