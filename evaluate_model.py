@@ -120,7 +120,8 @@ def write_reports(output_dir, logits, labels, class_names, info, loader, args, c
     loss, accuracy = loss_and_accuracy(logits, labels)
     metrics, cm, report = classification_metrics(labels.numpy(), preds.numpy(), class_names)
     metrics.update(loss=loss, split=args.split, tta=args.tta, tta_shift=args.tta_shift,
-                   checkpoint=os.path.abspath(args.checkpoint), checkpoint_epoch=checkpoint_state.get("epoch"), dataset=checkpoint_state["config"]["data"]["dataset"])
+                   checkpoint=os.path.abspath(args.checkpoint), checkpoint_epoch=checkpoint_state.get("epoch"),
+                   dataset=checkpoint_state["config"]["data"]["dataset"])
     write_json(os.path.join(output_dir, "metrics.json"), metrics)
     atomic_write(os.path.join(output_dir, "classification_report.txt"), lambda f: f.write(report.encode()))
 

@@ -798,11 +798,13 @@ def _finish(config, paths, summary, history, class_names, data, eval_model, eval
     if os.path.exists(best_path):
         best = load_checkpoint(best_path)
         eval_module.load_state_dict(evaluation_weights(best))
-    logits, labels = predict(eval_model, data.test, device, dtype, tta=tta, tta_shift=config.training.tta_shift)
+    tta_shift = config.training.tta_shift
+    logits, labels = predict(eval_model, data.test, device, dtype, tta=tta, tta_shift=tta_shift)
     test_loss, test_acc = loss_and_accuracy(logits, labels)
     metrics, cm, _ = classification_metrics(labels.numpy(), logits.argmax(1).numpy(), class_names)
-    summary.update(test_loss=test_loss, test_acc=test_acc, test_tta=tta, test_tta_shift=config.training.tta_shift,
-                   test_macro_f1=metrics["macro"]["f1"], test_s=time.time() - test_started, total_time_s=time.time() - started, finished=True)
+    summary.update(test_loss=test_loss, test_acc=test_acc, test_tta=tta, test_tta_shift=tta_shift,
+                   test_macro_f1=metrics["macro"]["f1"], test_s=time.time() - test_started,
+                   total_time_s=time.time() - started, finished=True)
     write_json(os.path.join(paths.logs, "training_log.json"), summary)
     plot_training_curves(history, os.path.join(paths.logs, "training_curves.png"))
     plot_confusion_matrix(cm, class_names, os.path.join(paths.logs, "confusion_matrix.png"),
