@@ -88,7 +88,9 @@ class TrainingConfig:
     label_smoothing: float = 0.1
     amp: str = "auto"  # auto: bf16 on CUDA, off on CPU
     compile: str = "auto"  # auto: all_but_attention on CUDA, off on CPU; on: the whole model; regional: all but SSM (README)
-    compile_eval: bool = True  # false: validation and test run eagerly (no second graph to compile; timm's EMA does so)
+    # false (as timm's EMA): validation and test run eagerly. A second compiled graph cost 16-26 s in the first
+    # epoch and saved nothing per epoch on the H200 (docs/RESULTS.md, session 11)
+    compile_eval: bool = False
     ema: bool = False
     ema_decay: float = 0.999
     early_stopping_patience: int = 0  # epochs without improvement before stopping; 0 disables
