@@ -91,6 +91,10 @@ class TrainingConfig:
     # false (as timm's EMA): validation and test run eagerly. A second compiled graph cost 16-26 s in the first
     # epoch and saved nothing per epoch on the H200 (docs/RESULTS.md, session 11)
     compile_eval: bool = False
+    # CUDA graphs for the compiled training graphs (torch.compile mode="reduce-overhead"): one replay
+    # instead of hundreds of kernel launches, against the host time that left the H200 13-31% idle
+    # in a step (docs/BENCHMARKS.md). Not measured yet, so off
+    cudagraphs: bool = False
     ema: bool = False
     ema_decay: float = 0.999
     early_stopping_patience: int = 0  # epochs without improvement before stopping; 0 disables
@@ -350,6 +354,8 @@ def validate(config):
     _require(0 <= t.label_smoothing < 1, f"training.label_smoothing must be in [0, 1), got {t.label_smoothing}")
     _one_of("training.amp", t.amp, AMP_MODES)
     _one_of("training.compile", t.compile, COMPILE_MODES)
+    _require(not (t.cudagraphs and t.compile == "off"),
+             "training.cudagraphs needs a compiled model: set training.compile to auto, on, regional or all_but_attention")
     _require(0 < t.ema_decay < 1, f"training.ema_decay must be in (0, 1), got {t.ema_decay}")
     _require(t.early_stopping_patience >= 0, f"training.early_stopping_patience must be >= 0, got {t.early_stopping_patience}")
     _require(t.early_stopping_min_delta >= 0, f"training.early_stopping_min_delta must be >= 0, got {t.early_stopping_min_delta}")

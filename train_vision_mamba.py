@@ -204,10 +204,13 @@ def make_step_parts(model, t, lr, device, dtype):
     return criterion, optimizer, scaler, ema
 
 
-def train_step(train_model, model, images, targets, criterion, optimizer, scaler, ema, dtype, grad_clip):
+def train_step(train_model, model, images, targets, criterion, optimizer, scaler, ema, dtype, grad_clip,
+               cudagraphs=False):
     """One optimisation step as training runs it (benchmarks/bench_train.py times this same function):
     forward under autocast, backward, clip, optimizer step, EMA update. Returns (logits, loss) on
     the device; nothing here waits for the GPU."""
+    if cudagraphs:  # a replay reuses its outputs' memory: tell the graphs the last step's outputs are done with
+        torch.compiler.cudagraph_mark_step_begin()
     with torch.autocast(images.device.type, dtype=dtype, enabled=dtype is not None):
         logits = train_model(images)
     loss = criterion(logits.float(), targets)
@@ -521,7 +524,8 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
     if runtime.distributed:
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    train_model = compile_model(train_model, compile_mode)
+    cudagraphs = compiled and t.cudagraphs and device.type == "cuda"
+    train_model = compile_model(train_model, compile_mode, cudagraphs)
     eval_module = ema.module if ema is not None else model
     # the evaluation graph (eval mode, no autograd, and for EMA another module) compiles apart from the training one
     eval_model = compile_model(eval_module, compile_mode if t.compile_eval else "off")
@@ -533,6 +537,7 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
                "effective_batch_size": config.data.batch_size * runtime.world_size,
                "lr_scaling": t.lr_scaling, "effective_lr": lr, "gpu_resident_data": data.resident,
                "compiled": compiled, "compile_mode": compile_mode, "eval_compiled": compiled and t.compile_eval,
+               "cudagraphs": cudagraphs,
                "amp": str(dtype).replace("torch.", "") if dtype else "off", "data_load_s": data_load_s, "epochs": history,
                "best_epoch": best_epoch, "best_val": stopper.best, "monitor": t.monitor}  # a resumed run's so far
     prepare_output_folders(paths, runtime, overwrite)
@@ -590,7 +595,7 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
                     images, targets = mix_batch(images, labels, info.num_classes, config.data.mixup_alpha,
                                                 config.data.cutmix_alpha, t.seed + runtime.rank, epoch, step)
                 logits, loss = train_step(train_model, model, images, targets, criterion, optimizer, scaler, ema, dtype,
-                                          t.grad_clip)
+                                          t.grad_clip, cudagraphs)
                 if plateau is None or global_step < warmup_steps:
                     scheduler.step()
                 global_step += 1
@@ -716,8 +721,9 @@ def compile_failure_reason(error):
     return f"{type(cause).__name__}: " + (str(cause).strip().splitlines() or [""])[0][:200]
 
 
-def compile_model(module, mode):
-    """What to call to run `module` (a VisionMamba, or one inside DDP) under training.compile=mode.
+def compile_model(module, mode, cudagraphs=False):
+    """What to call to run `module` (a VisionMamba, or one inside DDP) under training.compile=mode,
+    its compiled graphs replayed as CUDA graphs if cudagraphs (no effect on a CPU).
 
     on: the whole model through torch.compile. regional: attention and MLP of every block compiled
     in place (one graph reused by all blocks), SSM layers eager. all_but_attention: the whole model
@@ -727,15 +733,16 @@ def compile_model(module, mode):
     """
     if mode == "off":
         return module
+    options = {"mode": "reduce-overhead"} if cudagraphs else {}
     model = module.module if isinstance(module, torch.nn.parallel.DistributedDataParallel) else module
     for block in model.blocks:
         if mode == "regional":
             for part in (block.attn, block.mlp):
                 if part is not None:
-                    part.compile()
+                    part.compile(**options)
         elif mode == "all_but_attention" and block.attn is not None and "forward" not in vars(block.attn):
             block.attn.forward = torch.compiler.disable(block.attn.forward)
-    return module if mode == "regional" else torch.compile(module)
+    return module if mode == "regional" else torch.compile(module, **options)
 
 
 def divergence_remedies(compiled, amp_dtype):

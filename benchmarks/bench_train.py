@@ -78,6 +78,8 @@ def bench(args, device, size, block_type, batch_size):
     criterion, optimizer, scaler, ema = make_step_parts(model, t, t.lr, device, dtype)
     mixing = cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0
     step_index = itertools.count()
+    compile_mode = resolve_compile_mode(args.compile or config.training.compile, device)
+    cudagraphs = args.cudagraphs and compile_mode != "off" and device.type == "cuda"
 
     def step(images, labels, net):  # the training loop's step: transfer, MixUp/CutMix, train_step
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
@@ -85,7 +87,7 @@ def bench(args, device, size, block_type, batch_size):
         if mixing:
             images, targets = data_pipeline.mix_batch(images, labels, data.info.num_classes, cfg.mixup_alpha, cfg.cutmix_alpha,
                                         t.seed, 0, next(step_index))
-        train_step(net, model, images, targets, criterion, optimizer, scaler, ema, dtype, t.grad_clip)
+        train_step(net, model, images, targets, criterion, optimizer, scaler, ema, dtype, t.grad_clip, cudagraphs)
 
     batches = endless_batches(data.train)
     if device.type == "cuda":
@@ -95,8 +97,7 @@ def bench(args, device, size, block_type, batch_size):
     with FlopCounterMode(display=False) as counter:
         step(*next(batches), model)
     flops_per_step = counter.get_total_flops()
-    compile_mode = resolve_compile_mode(args.compile or config.training.compile, device)
-    step_model = compile_model(model, compile_mode)
+    step_model = compile_model(model, compile_mode, cudagraphs)
     start = time.perf_counter()
     step(*next(batches), step_model)
     synchronize(device)
@@ -144,6 +145,7 @@ def bench(args, device, size, block_type, batch_size):
             "step_ms": round(step_s * 1e3, 2), "data_ms": round(data_s * 1e3, 3),
             "data_fraction": round(data_s / step_s, 4), "gflop_per_step": round(flops_per_step / 1e9, 1),
             "mfu": float(f"{flops_per_step / step_s / (args.peak_tflops * 1e12):.4g}"), "peak_tflops": args.peak_tflops, "compile_s": round(compile_s, 1), "compile_mode": compile_mode,
+            "cudagraphs": cudagraphs,
             "syncs_per_step": None if syncs is None else sum(syncs.values()) / SYNC_CHECKED_STEPS,
             "gpu_kernel_ms": None if kernel_ms is None else round(kernel_ms, 2),
             "ema": ema is not None, "mixing": mixing, "stem": config.model.stem,
@@ -202,6 +204,8 @@ def main():
     parser.add_argument("--num_images", type=int, default=50_000)
     parser.add_argument("--compile", choices=COMPILE_MODES, default=None,
                         help="as training.compile (default: the preset's; auto is all_but_attention on CUDA, off on the CPU)")
+    parser.add_argument("--cudagraphs", action="store_true",
+                        help="as training.cudagraphs: the compiled graphs replayed as CUDA graphs (CUDA only)")
     parser.add_argument("--peak_tflops", type=float, default=790.0,
                         help="the GPU's bf16 matmul rate the MFU is measured against (H200: about 790, measured)")
     parser.add_argument("--profile", action="store_true", help="also print the top kernels of 3 steps (torch.profiler)")

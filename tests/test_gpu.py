@@ -1,5 +1,7 @@
 """CUDA-only checks of the fused Triton scan (skipped without a GPU; CPU coverage of the same
 kernels is in test_model.py through Triton's interpreter)."""
+import math
+
 import pytest
 import torch
 
@@ -118,3 +120,26 @@ def test_compiled_shifted_sum_convs_equal_eager_on_cuda(monkeypatch):
     assert rel_err(compiled, eager) < 1e-4
     for name, p in model.named_parameters():
         assert rel_err(p.grad, eager_grads[name]) < 1e-3, name
+
+
+def test_training_through_cuda_graphs_follows_eager_training():
+    # training.cudagraphs: the compiled graphs recorded once and replayed (their outputs' memory reused
+    # every step) must train as the eager model does, replays included
+    from config import get_preset
+    from train_vision_mamba import compile_model, make_step_parts, train_step
+    t = get_preset("cifar10").training
+    losses = {}
+    for cudagraphs in (False, True):
+        torch.manual_seed(0)
+        model = create_model("tiny", depth=2, block_type="ssm,attention", drop_path=0.0).cuda()
+        criterion, optimizer, scaler, ema = make_step_parts(model, t, t.lr, torch.device("cuda"), None)
+        net = compile_model(model, "all_but_attention", cudagraphs=True) if cudagraphs else model
+        torch.manual_seed(1)
+        losses[cudagraphs] = []
+        for _ in range(6):  # the first calls record, the later ones replay
+            images, labels = torch.randn(32, 3, 32, 32, device="cuda"), torch.randint(0, 10, (32,), device="cuda")
+            _, loss = train_step(net, model, images, labels, criterion, optimizer, scaler, ema, None, t.grad_clip, cudagraphs)
+            losses[cudagraphs].append(loss.item())
+        torch._dynamo.reset()
+    assert all(math.isfinite(x) for x in losses[True])
+    assert losses[True] == pytest.approx(losses[False], rel=1e-2)

@@ -9,7 +9,7 @@ import train_vision_mamba
 from config import load_config
 from data_pipeline import DATASET_INFO
 from helpers import assert_one_line_error, assert_png, final_weights, read_log, run_script, train_args
-from vision_mamba import VisionMamba
+from vision_mamba import VisionMamba, create_model
 
 EPOCH_KEYS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time", "img_per_s"}
 
@@ -269,7 +269,7 @@ def test_partial_compile_trains_like_eager_and_is_logged(tmp_path, capsys):
 def test_compile_eval_false_evaluates_the_uncompiled_ema_module(tmp_path, monkeypatch):
     calls = []  # (module, mode) of each compile_model call; nothing is really compiled here
 
-    def record(module, mode):
+    def record(module, mode, cudagraphs=False):
         calls.append((module, mode))
         return module
     monkeypatch.setattr(train_vision_mamba, "compile_model", record)
@@ -284,6 +284,37 @@ def test_compile_eval_false_evaluates_the_uncompiled_ema_module(tmp_path, monkey
         assert isinstance(eval_module, VisionMamba) and eval_module is not train_module  # the EMA's copy
         log = read_log(out)
         assert log["compiled"] is True and log["eval_compiled"] is compile_eval
+
+
+def test_cudagraphs_compile_for_replay_and_mark_every_step(monkeypatch):
+    # training.cudagraphs: the training graphs in torch.compile's reduce-overhead mode (CUDA graphs),
+    # and every step tells them the previous step's outputs are no longer read
+    options = []
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: options.append(kwargs) or module)
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda module, **kwargs: options.append(kwargs))
+    for mode in ("on", "all_but_attention", "regional"):
+        for cudagraphs in (True, False):
+            options.clear()
+            train_vision_mamba.compile_model(create_model("tiny", depth=2, block_type="ssm,attention"), mode, cudagraphs)
+            assert options and all(o == ({"mode": "reduce-overhead"} if cudagraphs else {}) for o in options), mode
+    marks = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(True))
+    model = create_model("tiny", depth=2, embed_dim=32, num_heads=2)
+    t = load_config("digits").training
+    criterion, optimizer, scaler, ema = train_vision_mamba.make_step_parts(model, t, t.lr, torch.device("cpu"), None)
+    images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    for cudagraphs in (True, True, False):
+        train_vision_mamba.train_step(model, model, images, labels, criterion, optimizer, scaler, ema, None, 1.0, cudagraphs)
+    assert len(marks) == 2
+
+
+def test_cudagraphs_are_cuda_only_and_logged(tmp_path, monkeypatch):
+    asked = []
+    monkeypatch.setattr(train_vision_mamba, "compile_model",
+                        lambda module, mode, cudagraphs=False: asked.append(cudagraphs) or module)
+    assert train_vision_mamba.main(train_args(tmp_path, "--set", "training.compile=regional",
+                                              "--set", "training.cudagraphs=true", epochs=1)) == 0
+    assert asked == [False, False] and read_log(tmp_path)["cudagraphs"] is False  # no CUDA graphs on a CPU
 
 
 def test_compile_auto_leaves_attention_eager_on_cuda_and_compiles_nothing_on_cpu():
