@@ -89,7 +89,7 @@ class TrainingConfig:
     amp: str = "auto"  # auto: bf16 on CUDA, off on CPU
     compile: str = "auto"  # auto: all_but_attention on CUDA, off on CPU; on: the whole model; regional: all but SSM (README)
     # false (as timm's EMA): validation and test run eagerly. A second compiled graph cost 16-26 s in the first
-    # epoch and saved nothing per epoch on the H200 (docs/RESULTS.md, session 11)
+    # epoch and saved at most 10 ms per later epoch on the H200 (docs/RESULTS.md, session 11)
     compile_eval: bool = False
     # CUDA graphs for the compiled training graphs (torch.compile mode="reduce-overhead"): one replay
     # instead of hundreds of kernel launches, against the host time that left the H200 13-31% idle
