@@ -524,7 +524,7 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
     if runtime.distributed:
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    cudagraphs = compiled and t.cudagraphs and device.type == "cuda"
+    cudagraphs = cudagraphs_enabled(t.cudagraphs, compile_mode, device)
     train_model = compile_model(train_model, compile_mode, cudagraphs)
     eval_module = ema.module if ema is not None else model
     # the evaluation graph (eval mode, no autograd, and for EMA another module) compiles apart from the training one
@@ -703,6 +703,11 @@ def resolve_compile_mode(mode, device):
     if mode != "auto":
         return mode
     return "all_but_attention" if device.type == "cuda" else "off"
+
+
+def cudagraphs_enabled(requested, compile_mode, device):
+    """training.cudagraphs takes effect only on compiled graphs running on CUDA."""
+    return requested and compile_mode != "off" and device.type == "cuda"
 
 
 def compile_problem(device):

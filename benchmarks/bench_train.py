@@ -35,8 +35,8 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data_pipeline  # noqa: E402
 from config import COMPILE_MODES, apply_overrides, get_preset  # noqa: E402
-from train_vision_mamba import (amp_dtype, build_model, compile_model, make_step_parts,  # noqa: E402
-                                resolve_compile_mode, train_step)
+from train_vision_mamba import (amp_dtype, build_model, compile_model, cudagraphs_enabled,  # noqa: E402
+                                make_step_parts, resolve_compile_mode, train_step)
 import vision_mamba  # noqa: E402
 from vision_mamba import BLOCK_TYPES, MODEL_SIZES, SSM_CONVS, STEMS, count_parameters  # noqa: E402
 
@@ -79,7 +79,7 @@ def bench(args, device, size, block_type, batch_size):
     mixing = cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0
     step_index = itertools.count()
     compile_mode = resolve_compile_mode(args.compile or config.training.compile, device)
-    cudagraphs = args.cudagraphs and compile_mode != "off" and device.type == "cuda"
+    cudagraphs = cudagraphs_enabled(args.cudagraphs, compile_mode, device)
 
     def step(images, labels, net):  # the training loop's step: transfer, MixUp/CutMix, train_step
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)

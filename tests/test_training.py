@@ -401,7 +401,6 @@ def test_tta_views_are_the_image_moved_by_the_shift_and_mirrored():
 
 
 def test_prediction_pads_a_short_last_batch_so_a_compiled_model_compiles_once():
-    from vision_mamba import create_model
     torch.manual_seed(0)
     model = create_model("tiny", num_classes=3, img_size=16, depth=2, embed_dim=32, num_heads=2, d_state=4).eval()
     images, labels = torch.randn(21, 3, 16, 16), torch.arange(21) % 3
