@@ -524,7 +524,7 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
     if runtime.distributed:
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    cudagraphs = cudagraphs_enabled(t.cudagraphs, compile_mode, device)
+    cudagraphs = cudagraphs_enabled(t.cudagraphs, compile_mode, device, runtime.distributed)
     train_model = compile_model(train_model, compile_mode, cudagraphs)
     eval_module = ema.module if ema is not None else model
     # the evaluation graph (eval mode, no autograd, and for EMA another module) compiles apart from the training one
@@ -705,9 +705,10 @@ def resolve_compile_mode(mode, device):
     return "all_but_attention" if device.type == "cuda" else "off"
 
 
-def cudagraphs_enabled(requested, compile_mode, device):
-    """training.cudagraphs takes effect only on compiled graphs running on CUDA."""
-    return requested and compile_mode != "off" and device.type == "cuda"
+def cudagraphs_enabled(requested, compile_mode, device, distributed=False):
+    """training.cudagraphs takes effect only on compiled graphs running on CUDA in one process:
+    under DDP (gradient all-reduce hooks inside the recorded backward) it has not been measured."""
+    return requested and compile_mode != "off" and device.type == "cuda" and not distributed
 
 
 def compile_problem(device):

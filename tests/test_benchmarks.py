@@ -126,3 +126,25 @@ def test_gpu_kernel_time_counts_only_what_ran_on_the_gpu(monkeypatch):
               types.SimpleNamespace(device_type=cpu, self_device_time_total=0.0),  # an aten op: its kernels are listed apart
               types.SimpleNamespace(device_type=cuda, self_device_time_total=30.5)]
     assert bench_train.gpu_kernel_us(types.SimpleNamespace(key_averages=lambda: events)) == 150.5
+
+
+@pytest.mark.parametrize("groups, stride, input_grad", [(1, 1, True), (1, 2, False), (4, 1, True), (16, 1, True), (16, 2, False)])
+def test_conv_backward_flops_count_each_gradient_as_one_forward(monkeypatch, groups, stride, input_grad):
+    # torch's formula ignores groups in the weight gradient (a depthwise conv counted `channels` times too high);
+    # the benchmark's counts each gradient asked for as one forward convolution, as torch does when groups is 1
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    import bench_train
+    from torch.utils.flop_counter import FlopCounterMode
+    conv = torch.nn.Conv2d(16, 32, 3, stride=stride, padding=1, groups=groups)
+    x = torch.randn(2, 16, 8, 8, requires_grad=input_grad)
+
+    def count(custom_mapping):
+        with FlopCounterMode(display=False, custom_mapping=custom_mapping) as counter:
+            conv(x).sum().backward()
+        return {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
+    ours = count({torch.ops.aten.convolution_backward: bench_train.conv_backward_flops})
+    forward = 2 * 2 * 32 * (16 // groups) * 9 * (8 // stride) ** 2  # 2 x batch x C_out x C_in/groups x k^2 x output pixels
+    assert ours["aten.convolution"] == forward
+    assert ours["aten.convolution_backward"] == forward * (2 if input_grad else 1)
+    if groups == 1:
+        assert count({}) == ours

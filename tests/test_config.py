@@ -51,7 +51,6 @@ def test_partial_json_files_start_from_the_defaults(tmp_path):
     ({"data": {"dataset": "imagenet"}}, ["data.dataset", "cifar10"]),
     ({"data": {"val_fraction": 1.5}}, ["data.val_fraction"]),
     ({"training": {"tta_shift": 5}}, ["training.tta_shift", "0 (off) to 4"]),
-    ({"training": {"cudagraphs": True, "compile": "off"}}, ["training.cudagraphs needs a compiled model", "training.compile"]),
     ({"training": {"cudagraphs": "yes"}}, ["training.cudagraphs", "expected bool"]),
     ({"model": {"embed_dim": 30, "num_heads": 4}}, ["divisible"]),
     ({"logging": {"experiment_name": "a/b"}}, ["experiment_name"]),

@@ -6,7 +6,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import train_vision_mamba
-from config import load_config
+from config import apply_overrides, load_config
 from data_pipeline import DATASET_INFO
 from helpers import assert_one_line_error, assert_png, final_weights, read_log, run_script, train_args
 from vision_mamba import VisionMamba, create_model
@@ -315,6 +315,18 @@ def test_cudagraphs_are_cuda_only_and_logged(tmp_path, monkeypatch):
     assert train_vision_mamba.main(train_args(tmp_path, "--set", "training.compile=regional",
                                               "--set", "training.cudagraphs=true", epochs=1)) == 0
     assert asked == [False, False] and read_log(tmp_path)["cudagraphs"] is False  # no CUDA graphs on a CPU
+
+
+def test_cudagraphs_only_for_compiled_single_process_cuda_training():
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert train_vision_mamba.cudagraphs_enabled(True, "all_but_attention", cuda)
+    assert not train_vision_mamba.cudagraphs_enabled(False, "all_but_attention", cuda)
+    assert not train_vision_mamba.cudagraphs_enabled(True, "off", cuda)  # eager: nothing to replay
+    assert not train_vision_mamba.cudagraphs_enabled(True, "on", cpu)
+    assert not train_vision_mamba.cudagraphs_enabled(True, "on", cuda, distributed=True)  # not measured under DDP
+    # the cifar10 preset asks for CUDA graphs; turning compilation off must not turn into an error
+    config = apply_overrides(load_config("cifar10"), {"training.compile": "off"})
+    assert config.training.cudagraphs and config.training.compile == "off"
 
 
 def test_compile_auto_leaves_attention_eager_on_cuda_and_compiles_nothing_on_cpu():
