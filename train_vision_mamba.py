@@ -548,7 +548,7 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
     if runtime.main:
         console(f"{config.experiment_name}: {summary['num_params'] / 1e6:.2f}M params, {info.num_classes} classes, "
                 f"{steps_per_epoch} steps/epoch, batch {config.data.batch_size} x {runtime.world_size} process(es), "
-                f"device {device}, amp {summary['amp']}, compile {compile_mode}, "
+                f"device {device}, amp {summary['amp']}, compile {compile_mode}{' + CUDA graphs' if cudagraphs else ''}, "
                 f"data {'resident on ' + str(device) if data.resident else 'DataLoader'} (loaded in {data_load_s:.1f}s)")
 
     def checkpoint_state(epoch, step_in_epoch, partial_sums=None):
