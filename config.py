@@ -159,9 +159,10 @@ def merge(base, override):
 # spends the time CUDA graphs saved (120 epochs took 311 s with them, 455-460 s without) on 60 more
 # epochs. fashion_mnist is the cifar10 model without the MLPs' grid conv (measured before it; two
 # runs showed no gain on Fashion-MNIST) on 28x28 grey images (49 tokens), with random erasing
-# and 2-px crops, without CUDA graphs (not measured there yet). The cifar10 recipe keeps only 2% of the training set (1,000 images) for model
-# selection: its best epochs fall in the last quarter of training, where validation accuracy barely
-# moves, so the other 4,000 images do more good as training data (cifar100 inherits it: 10 per class).
+# and 2-px crops, without CUDA graphs (not measured there yet). The cifar10 recipe keeps only 2% of
+# the training set (1,000 images) for model selection: its best epochs fall in the last quarter of
+# training, where validation accuracy barely moves, so the other 4,000 images do more good as
+# training data (cifar100 inherits it: 10 per class).
 CIFAR10_RECIPE = {
     "model": {"model_size": "tiny", "block_type": "ssm,attention", "patch_size": 4, "stem": "conv5", "drop_path": 0.1,
               "mlp_conv": True, "ssm_conv": "2d"},
