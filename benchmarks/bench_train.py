@@ -10,7 +10,8 @@ cifar10: 32x32x3, 10 labels), fed through the project's own loader
 and normalisation per batch) into the step the training script runs, with the preset's settings:
 MixUp/CutMix, then `train_vision_mamba.train_step` (bf16 autocast on CUDA, label-smoothed
 cross-entropy, gradient clipping, fused AdamW, EMA update). --compile as training.compile
-(default: the preset's, where auto means everything but attention on CUDA, nothing on the CPU).
+(default: the preset's, where auto means everything but attention on CUDA, nothing on the CPU);
+--cudagraphs / --no-cudagraphs as training.cudagraphs (default: the preset's).
 
 Reported per configuration: img/s over the timed steps, step time, the part of it spent producing
 batches (timed separately over the same number of batches), model FLOP utilisation (FLOPs of a
@@ -79,7 +80,7 @@ def bench(args, device, size, block_type, batch_size):
     mixing = cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0
     step_index = itertools.count()
     compile_mode = resolve_compile_mode(args.compile or config.training.compile, device)
-    cudagraphs = cudagraphs_enabled(args.cudagraphs, compile_mode, device)
+    cudagraphs = cudagraphs_enabled(t.cudagraphs if args.cudagraphs is None else args.cudagraphs, compile_mode, device)
 
     def step(images, labels, net):  # the training loop's step: transfer, MixUp/CutMix, train_step
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
@@ -213,8 +214,9 @@ def main():
     parser.add_argument("--num_images", type=int, default=50_000)
     parser.add_argument("--compile", choices=COMPILE_MODES, default=None,
                         help="as training.compile (default: the preset's; auto is all_but_attention on CUDA, off on the CPU)")
-    parser.add_argument("--cudagraphs", action="store_true",
-                        help="as training.cudagraphs: the compiled graphs replayed as CUDA graphs (CUDA only)")
+    parser.add_argument("--cudagraphs", action=argparse.BooleanOptionalAction, default=None,
+                        help="as training.cudagraphs: the compiled graphs replayed as CUDA graphs (CUDA only; "
+                             "default: the preset's, on for cifar10 and cifar100)")
     parser.add_argument("--peak_tflops", type=float, default=790.0,
                         help="the GPU's bf16 matmul rate the MFU is measured against (H200: about 790, measured)")
     parser.add_argument("--profile", action="store_true", help="also print the top kernels of 3 steps (torch.profiler)")

@@ -148,3 +148,22 @@ def test_conv_backward_flops_count_each_gradient_as_one_forward(monkeypatch, gro
     assert ours["aten.convolution_backward"] == forward * (2 if input_grad else 1)
     if groups == 1:
         assert count({}) == ours
+
+
+def test_bench_train_asks_for_cuda_graphs_as_the_preset_does_unless_told(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    import bench_train
+
+    class Asked(Exception):
+        pass
+
+    def record(requested, compile_mode, device, distributed=False):
+        raise Asked(requested)
+    monkeypatch.setattr(bench_train, "cudagraphs_enabled", record)
+    for config, flags, expected in [("cifar10", [], True), ("fashion_mnist", [], False),
+                                    ("cifar10", ["--no-cudagraphs"], False), ("fashion_mnist", ["--cudagraphs"], True)]:
+        monkeypatch.setattr("sys.argv", ["bench_train.py", "--device", "cpu", "--config", config, "--num_images", "40",
+                                         "--batch_sizes", "16", "--block_types", "attention", *flags])
+        with pytest.raises(Asked) as asked:
+            bench_train.main()
+        assert asked.value.args == (expected,), (config, flags)
