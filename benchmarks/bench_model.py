@@ -2,7 +2,7 @@
 
     python benchmarks/bench_model.py                          # CPU, small defaults
     python benchmarks/bench_model.py --device cuda --dtype bf16 --compile --batch_size 512 \\
-        --sizes tiny small --block_types hybrid ssm attention --json out.jsonl
+        --sizes tiny small --block_types hybrid ssm attention --json out.jsonl    # --cudagraphs: replayed
 
 Prints a table and appends JSON rows (one per measurement) to --json.
 Train throughput = forward + backward + AdamW step, images per second, after warm-up.
@@ -58,12 +58,15 @@ def bench_train(args, device, size, block_type):
                          mlp_conv=args.mlp_conv, ssm_conv=args.ssm_conv).to(device)
     params = count_parameters(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    step_model = torch.compile(model) if args.compile else model
+    # CUDA graphs: the compiled graphs recorded once and replayed (torch.compile's reduce-overhead mode)
+    step_model = torch.compile(model, **({"mode": "reduce-overhead"} if args.cudagraphs else {})) if args.compile else model
     images = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
     labels = torch.randint(0, 10, (args.batch_size,), device=device)
     dtype = DTYPES[args.dtype]
 
     def step():
+        if args.cudagraphs:  # the last step's graph outputs are done with: a replay may overwrite them
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             loss = torch.nn.functional.cross_entropy(step_model(images), labels)
         loss.backward()
@@ -79,7 +82,7 @@ def bench_train(args, device, size, block_type):
     seconds = timed(step, device, args.warmup, args.iters)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
     return {"kind": "train", "size": size, "block_type": block_type, "stem": args.stem, "mlp_conv": args.mlp_conv,
-            "ssm_conv": args.ssm_conv, "batch_size": args.batch_size,
+            "ssm_conv": args.ssm_conv, "batch_size": args.batch_size, "cudagraphs": args.cudagraphs and device.type == "cuda",
             "params_m": round(params / 1e6, 2), "img_per_s": round(args.batch_size / seconds, 1),
             "step_ms": round(seconds * 1e3, 2), "first_step_s": round(first_step_s, 2), "peak_mem_mib": peak}
 
@@ -125,6 +128,8 @@ def main():
     parser.add_argument("--img_size", type=int, default=32)
     parser.add_argument("--dtype", choices=list(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--cudagraphs", action="store_true",
+                        help="with --compile: replay the compiled model as CUDA graphs (reduce-overhead mode; CUDA only)")
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--iters", type=int, default=None)
     parser.add_argument("--scan_shape", type=int, nargs=4, default=None, metavar=("B", "D", "L", "N"),
@@ -133,6 +138,8 @@ def main():
     parser.add_argument("--skip_scan", action="store_true")
     parser.add_argument("--json", default=None, help="append JSON rows to this file")
     args = parser.parse_args()
+    if args.cudagraphs and not args.compile:
+        parser.error("--cudagraphs replays compiled graphs: add --compile")
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     args.batch_size = args.batch_size or (512 if cuda else 32)

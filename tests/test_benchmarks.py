@@ -167,3 +167,24 @@ def test_bench_train_asks_for_cuda_graphs_as_the_preset_does_unless_told(monkeyp
         with pytest.raises(Asked) as asked:
             bench_train.main()
         assert asked.value.args == (expected,), (config, flags)
+
+
+def test_bench_model_cudagraphs_compile_for_replay_and_mark_every_step(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    import bench_model
+    options, marks = [], []
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: options.append(kwargs) or module)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(True))
+    for cudagraphs in (True, False):
+        options.clear(), marks.clear()
+        monkeypatch.setattr("sys.argv", ["bench_model.py", "--device", "cpu", "--skip_scan", "--sizes", "tiny",
+                                         "--block_types", "attention", "--batch_size", "2", "--warmup", "0", "--iters", "2",
+                                         "--compile", *(["--cudagraphs"] if cudagraphs else [])])
+        bench_model.main()
+        assert options == [{"mode": "reduce-overhead"} if cudagraphs else {}]
+        assert len(marks) == (3 if cudagraphs else 0)  # the first (compiling) step and the two timed ones
+
+
+def test_bench_model_refuses_cudagraphs_without_compile():
+    result = run_script("benchmarks/bench_model.py", ["--device", "cpu", "--skip_scan", "--cudagraphs"])
+    assert result.returncode == 2 and "--cudagraphs replays compiled graphs: add --compile" in result.stderr
