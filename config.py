@@ -93,7 +93,7 @@ class TrainingConfig:
     compile_eval: bool = False
     # CUDA graphs for the compiled training graphs (torch.compile mode="reduce-overhead"): one replay
     # instead of hundreds of kernel launches, against the host time that left the H200 13-31% idle
-    # in a step. 1.33-1.46x img/s on the cifar10 preset's step (docs/BENCHMARKS.md, session 12), where
+    # in a step. 1.31-1.46x img/s on the cifar10 preset's step (docs/BENCHMARKS.md, session 12), where
     # that preset turns it on; off elsewhere until measured there. No effect when eager, on a CPU or under DDP
     cudagraphs: bool = False
     ema: bool = False
