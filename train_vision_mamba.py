@@ -90,7 +90,13 @@ def cli_overrides(args):
     overrides = {key: getattr(args, name) for name, key in named.items() if getattr(args, name) is not None}
     if args.quiet:
         overrides["logging.progress_bar"] = False
-    for item in args.set:
+    return {**overrides, **set_overrides(args.set)}
+
+
+def set_overrides(items):
+    """--set section.key=value items as {'section.key': value}; UsageError for a malformed one."""
+    overrides = {}
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep or "." not in key:
             raise UsageError(f"--set {item!r}: expected section.key=value, e.g. --set training.lr=5e-4")

@@ -35,9 +35,9 @@ from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data_pipeline  # noqa: E402
-from config import COMPILE_MODES, apply_overrides, get_preset  # noqa: E402
-from train_vision_mamba import (amp_dtype, build_model, compile_model, cudagraphs_enabled,  # noqa: E402
-                                make_step_parts, resolve_compile_mode, train_step)
+from config import COMPILE_MODES, ConfigError, apply_overrides, get_preset  # noqa: E402
+from train_vision_mamba import (UsageError, amp_dtype, build_model, compile_model, cudagraphs_enabled,  # noqa: E402
+                                make_step_parts, resolve_compile_mode, set_overrides, train_step)
 import vision_mamba  # noqa: E402
 from vision_mamba import BLOCK_TYPES, MODEL_SIZES, SSM_CONVS, STEMS, count_parameters  # noqa: E402
 
@@ -59,7 +59,8 @@ def synthetic_arrays(info, num_train, seed=0):
     return split(num_train), split(1000), [str(i) for i in range(info.num_classes)]
 
 
-def bench(args, device, size, block_type, batch_size):
+def bench_config(args, device, size, block_type, batch_size):
+    """The preset with --set's overrides and this row's size, blocks and batch (ConfigError if invalid)."""
     overrides = {"model.model_size": size, "model.block_type": block_type, "data.batch_size": batch_size,
                  "training.device": device.type, "data.val_fraction": 0.02}
     if args.stem:
@@ -68,7 +69,11 @@ def bench(args, device, size, block_type, batch_size):
         overrides["model.mlp_conv"] = args.mlp_conv == "on"
     if args.ssm_conv:
         overrides["model.ssm_conv"] = args.ssm_conv
-    config = apply_overrides(get_preset(args.config), overrides)
+    return apply_overrides(get_preset(args.config), {**args.overrides, **overrides})
+
+
+def bench(args, device, size, block_type, batch_size):
+    config = bench_config(args, device, size, block_type, batch_size)
     info = data_pipeline.dataset_info(config)
     with mock.patch.object(data_pipeline, "load_arrays", lambda cfg: synthetic_arrays(info, args.num_images)):
         data = data_pipeline.create_data_loaders(config, device)
@@ -146,7 +151,7 @@ def bench(args, device, size, block_type, batch_size):
             "step_ms": round(step_s * 1e3, 2), "data_ms": round(data_s * 1e3, 3),
             "data_fraction": round(data_s / step_s, 4), "gflop_per_step": round(flops_per_step / 1e9, 1),
             "mfu": float(f"{flops_per_step / step_s / (args.peak_tflops * 1e12):.4g}"), "peak_tflops": args.peak_tflops, "compile_s": round(compile_s, 1), "compile_mode": compile_mode,
-            "cudagraphs": cudagraphs,
+            "cudagraphs": cudagraphs, "overrides": args.overrides,
             "syncs_per_step": None if syncs is None else sum(syncs.values()) / SYNC_CHECKED_STEPS,
             "gpu_kernel_ms": None if kernel_ms is None else round(kernel_ms, 2),
             "ema": ema is not None, "mixing": mixing, "stem": config.model.stem,
@@ -222,11 +227,19 @@ def main():
     parser.add_argument("--profile", action="store_true", help="also print the top kernels of 3 steps (torch.profiler)")
     parser.add_argument("--sync_debug", action="store_true",
                         help="CUDA: count the host-GPU synchronisations of 3 steps and say where they happen")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="any other config value, as in train_vision_mamba.py (e.g. --set model.expand=2)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     args.batch_sizes = args.batch_sizes or ([256, 512, 1024] if cuda else [32])
+    try:  # every row's config checked before the first one runs
+        args.overrides = set_overrides(args.set)
+        for row in itertools.product(args.sizes, args.block_types, args.batch_sizes):
+            bench_config(args, device, *row)
+    except (UsageError, ConfigError) as e:
+        parser.error(str(e))
     args.steps = args.steps or (50 if cuda else 3)
     args.warmup = args.warmup if args.warmup is not None else (10 if cuda else 1)
     if cuda:

@@ -188,3 +188,22 @@ def test_bench_model_cudagraphs_compile_for_replay_and_mark_every_step(monkeypat
 def test_bench_model_refuses_cudagraphs_without_compile():
     result = run_script("benchmarks/bench_model.py", ["--device", "cpu", "--skip_scan", "--cudagraphs"])
     assert result.returncode == 2 and "--cudagraphs replays compiled graphs: add --compile" in result.stderr
+
+
+def test_bench_train_set_overrides_any_config_value_and_records_it(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "rows.jsonl"
+    common = ["--device", "cpu", "--num_images", "40", "--batch_sizes", "8", "--block_types", "hybrid", "--steps", "1",
+              "--warmup", "0", "--json", str(out), "--set", "model.depth=1"]
+    for extra in ([], ["--set", "model.expand=2"]):
+        result = run_script("benchmarks/bench_train.py", [*common, *extra])
+        assert result.returncode == 0, result.stderr[-2000:]
+    default, wide = [json.loads(line) for line in out.read_text().splitlines()]
+    assert default["overrides"] == {"model.depth": 1} and wide["overrides"] == {"model.depth": 1, "model.expand": 2}
+    assert wide["params_m"] > default["params_m"]  # the SSM twice as wide inside
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    import bench_train
+    for bad, fragment in ((["--set", "model.expand"], "expected section.key=value"), (["--set", "model.expand=0"], "model.expand")):
+        monkeypatch.setattr("sys.argv", ["bench_train.py", *common, *bad])
+        with pytest.raises(SystemExit) as exit_:
+            bench_train.main()
+        assert exit_.value.code == 2 and fragment in capsys.readouterr().err
