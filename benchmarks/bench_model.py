@@ -20,6 +20,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from vision_mamba import (MODEL_SIZES, BLOCK_TYPES, SSM_CONVS, STEMS, count_parameters, create_model, parse_block_pattern,  # noqa: E402
                           selective_scan, selective_scan_ref)
+from train_vision_mamba import compile_model  # noqa: E402
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -58,8 +59,8 @@ def bench_train(args, device, size, block_type):
                          mlp_conv=args.mlp_conv, ssm_conv=args.ssm_conv).to(device)
     params = count_parameters(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    # CUDA graphs: the compiled graphs recorded once and replayed (torch.compile's reduce-overhead mode)
-    step_model = torch.compile(model, **({"mode": "reduce-overhead"} if args.cudagraphs else {})) if args.compile else model
+    # --compile: the whole model, as training.compile=on (CUDA graphs asked for as training asks for them)
+    step_model = compile_model(model, "on" if args.compile else "off", args.cudagraphs)
     images = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
     labels = torch.randint(0, 10, (args.batch_size,), device=device)
     dtype = DTYPES[args.dtype]
