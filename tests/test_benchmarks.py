@@ -160,8 +160,8 @@ def test_bench_train_asks_for_cuda_graphs_as_the_preset_does_unless_told(monkeyp
     def record(requested, compile_mode, device, distributed=False):
         raise Asked(requested)
     monkeypatch.setattr(bench_train, "cudagraphs_enabled", record)
-    for config, flags, expected in [("cifar10", [], True), ("fashion_mnist", [], False),
-                                    ("cifar10", ["--no-cudagraphs"], False), ("fashion_mnist", ["--cudagraphs"], True)]:
+    for config, flags, expected in [("cifar10", [], True), ("mnist", [], False),
+                                    ("cifar10", ["--no-cudagraphs"], False), ("mnist", ["--cudagraphs"], True)]:
         monkeypatch.setattr("sys.argv", ["bench_train.py", "--device", "cpu", "--config", config, "--num_images", "40",
                                          "--batch_sizes", "16", "--block_types", "attention", *flags])
         with pytest.raises(Asked) as asked:
