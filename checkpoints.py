@@ -8,7 +8,6 @@ import os
 import pickle
 import re
 import shutil
-import zipfile
 
 import torch
 
@@ -82,9 +81,10 @@ def load_checkpoint(path, map_location="cpu"):
                                   "only plain-tensor checkpoints are accepted") from None
         detail = next((line for line in lines[1:] if "documentation" not in line and "file an issue" not in line), "unpickling failed")
         raise CheckpointError(f"checkpoint {path} is corrupt ({detail[:160]}); use another checkpoint") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, UnicodeDecodeError, AttributeError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({first[:160]}); use another checkpoint") from None
+    except Exception as e:  # on bytes that are no torch.save archive, torch's legacy reader can raise almost anything
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        detail = f"{type(e).__name__}: {first}" if first else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({detail[:160]}); use another checkpoint") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or not isinstance(state.get("model"), dict):
         raise CheckpointError(f"{path} is not a Vision Mamba checkpoint of this toolkit (no '{FORMAT}' format tag)")
     return state

@@ -112,6 +112,10 @@ def corrupt_variants(good, tmp_path):
     truncated.write_bytes(data[: len(data) // 2])
     noise = tmp_path / "noise.pth"
     noise.write_bytes(random.Random(0).randbytes(4096))
+    # other noise sends torch's legacy reader into IndexError or KeyError (torch 2.14: seeds 2, 20)
+    noise_legacy = [tmp_path / f"noise{seed}.pth" for seed in (2, 20)]
+    for seed, path in zip((2, 20), noise_legacy):
+        path.write_bytes(random.Random(seed).randbytes(4096))
     state = torch.load(good, weights_only=True)
     state["config"]["model"]["embed_dim"] = 48
     wrong_arch = tmp_path / "wrong_arch.pth"
@@ -122,14 +126,15 @@ def corrupt_variants(good, tmp_path):
     torch.save(state, wrong_classes)
     not_ours = tmp_path / "not_ours.pth"
     torch.save({"weights": torch.ones(2)}, not_ours)
-    return {"truncated or corrupt": truncated, "is corrupt": noise, "do not fit the architecture": wrong_arch,
-            "size mismatch for head": wrong_classes, "not a Vision Mamba checkpoint": not_ours,
-            "does not exist": tmp_path / "missing.pth", "is a folder; give one of the .pth files in it (best_model.pth":
-            good.parent}
+    return [("truncated or corrupt", truncated), ("is corrupt", noise), ("do not fit the architecture", wrong_arch),
+            ("size mismatch for head", wrong_classes), ("not a Vision Mamba checkpoint", not_ours),
+            ("does not exist", tmp_path / "missing.pth"),
+            ("is a folder; give one of the .pth files in it (best_model.pth", good.parent)] + \
+        [("corrupt", path) for path in noise_legacy]
 
 
 def test_corrupt_checkpoints_get_one_clear_line_in_evaluation(good_checkpoint, tmp_path, capsys):
-    for fragment, path in corrupt_variants(good_checkpoint, tmp_path).items():
+    for fragment, path in corrupt_variants(good_checkpoint, tmp_path):
         assert evaluate_model.main(["--checkpoint", str(path), "--output_dir", str(tmp_path / "ev")]) == 2, fragment
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and fragment in err[0] and str(path) in err[0], (fragment, err)
@@ -137,7 +142,7 @@ def test_corrupt_checkpoints_get_one_clear_line_in_evaluation(good_checkpoint, t
 
 
 def test_corrupt_checkpoint_refused_by_resume(good_checkpoint, tmp_path, capsys):
-    truncated = corrupt_variants(good_checkpoint, tmp_path)["truncated or corrupt"]
+    truncated = dict(corrupt_variants(good_checkpoint, tmp_path))["truncated or corrupt"]
     assert train_vision_mamba.main(train_args(tmp_path / "out", "--resume", str(truncated))) == 2
     assert "truncated or corrupt" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
