@@ -14,6 +14,7 @@ middle of an epoch sees the same batches and augmentations as one that never sto
 import contextlib
 import copy
 import functools
+import glob
 import gzip
 import math
 import os
@@ -83,14 +84,29 @@ class ArraySplit:
     labels: torch.Tensor  # int64 (N,)
 
 
+def _dataset_files_present(cls, root):
+    """Where torchvision looks for cls's files under root, if anything is there (else None)."""
+    if hasattr(cls, "base_folder"):  # CIFAR10, CIFAR100
+        place = os.path.join(root, cls.base_folder)
+    elif issubclass(cls, datasets.MNIST):  # MNIST, FashionMNIST: <root>/<class name>/raw
+        place = os.path.join(root, cls.__name__, "raw")
+    else:  # SVHN: the .mat files in root itself
+        return root if glob.glob(os.path.join(root, "*_32x32.mat")) else None
+    return place if os.path.isdir(place) and os.listdir(place) else None
+
+
 def _torchvision_dataset(cls, root, train, download, info, **kwargs):
     split_kwargs = kwargs or {"train": train}
     try:
         return cls(root, download=download, **split_kwargs)
     except Exception as e:  # offline download failures surface as URLError, OSError or RuntimeError
         hint = info.files_hint.replace("{root}", os.path.abspath(root))
-        raise DataError(f"{cls.__name__} not found in {root} and could not be downloaded "
-                        f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); {hint}") from None
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+        present = _dataset_files_present(cls, root)
+        if present:  # torchvision checks sizes and md5 sums, then tries a download that fails offline
+            tried = " and could not be replaced by a download" if download else ""
+            raise DataError(f"{cls.__name__} files in {present} are incomplete or corrupt{tried} ({reason}); {hint}") from None
+        raise DataError(f"{cls.__name__} not found in {root} and could not be downloaded ({reason}); {hint}") from None
 
 
 def _use_debian_fashion_mnist(root):

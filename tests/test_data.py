@@ -168,6 +168,24 @@ def test_image_folder_trains_and_resizes(tmp_path, resident):
     assert state["class_names"] == ["cat", "dog", "fox"] and state["model_shape"]["img_size"] == 16
 
 
+@pytest.mark.parametrize("config,writer,place", [
+    ("cifar10", write_cifar, "cifar-10-batches-py"),  # real md5 checks reject the stand-in files
+    ("fashion_mnist", lambda root: write_idx_set(os.path.join(root, "FashionMNIST", "raw")), "FashionMNIST/raw"),
+])
+def test_damaged_dataset_files_are_named_not_called_missing(tmp_path, config, writer, place, capsys, monkeypatch):
+    monkeypatch.setattr(data_pipeline, "DEBIAN_FASHION_MNIST", str(tmp_path / "no_debian_copy"))
+    writer(str(tmp_path / "data"))
+    if config == "fashion_mnist":  # cut the training images short: torchvision's reader then fails
+        images = tmp_path / "data" / "FashionMNIST" / "raw" / "train-images-idx3-ubyte"
+        images.write_bytes(images.read_bytes()[:1000])
+    code = train_vision_mamba.main(["--config", config, "--data_dir", str(tmp_path / "data"), "--output_dir",
+                                    str(tmp_path / "out"), "--epochs", "1", "--set", "data.download=false"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"files in {tmp_path / 'data' / place} are incomplete or corrupt (" in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("resident,workers", [("off", 0), ("off", 1), ("on", 0)])
 def test_corrupt_image_is_named_and_exits_2(tmp_path, resident, workers, capsys):
     # with a worker process torch re-raises the error with the worker's traceback in its message
