@@ -113,8 +113,8 @@ def corrupt_variants(good, tmp_path):
     noise = tmp_path / "noise.pth"
     noise.write_bytes(random.Random(0).randbytes(4096))
     # other noise sends torch's legacy reader into IndexError or KeyError (torch 2.14: seeds 2, 20)
-    noise_legacy = [tmp_path / f"noise{seed}.pth" for seed in (2, 20)]
-    for seed, path in zip((2, 20), noise_legacy):
+    noise_legacy = {seed: tmp_path / f"noise{seed}.pth" for seed in (2, 20)}
+    for seed, path in noise_legacy.items():
         path.write_bytes(random.Random(seed).randbytes(4096))
     state = torch.load(good, weights_only=True)
     state["config"]["model"]["embed_dim"] = 48
@@ -130,7 +130,7 @@ def corrupt_variants(good, tmp_path):
             ("size mismatch for head", wrong_classes), ("not a Vision Mamba checkpoint", not_ours),
             ("does not exist", tmp_path / "missing.pth"),
             ("is a folder; give one of the .pth files in it (best_model.pth", good.parent)] + \
-        [("corrupt", path) for path in noise_legacy]
+        [("corrupt", path) for path in noise_legacy.values()]
 
 
 def test_corrupt_checkpoints_get_one_clear_line_in_evaluation(good_checkpoint, tmp_path, capsys):
