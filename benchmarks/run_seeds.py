@@ -12,7 +12,8 @@ processes share the machine. Runs that overlapped another on the same device are
 are not those of a run alone. Afterwards a table per seed (test accuracy and macro-F1, best epoch
 and its validation accuracy, median training img/s, wall time of the whole command, exit code),
 the mean and sample standard deviation of the test accuracy over the runs that finished, and
-OUT/summary.json with all of it. Exit code 0 when every run finished, 1 otherwise.
+OUT/summary.json with all of it. Exit code 0 when every run finished, 1 otherwise; 2, with the
+training script's one-line error and before anything starts, when it refuses the configuration.
 """
 import argparse
 import glob
@@ -28,6 +29,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from checkpoints import atomic_write  # noqa: E402
 TRAIN_SCRIPT = os.path.join(ROOT, "train_vision_mamba.py")
+
+
+def config_problem(args):
+    """The training script's own error line for a configuration it refuses (None if it takes it):
+    its --print_config checks everything that can be checked before a run writes anything."""
+    first_run_dir = os.path.join(args.output_dir, f"seed{args.seeds[0]}")
+    check = subprocess.run([sys.executable, TRAIN_SCRIPT, "--config", args.config, "--output_dir", first_run_dir,
+                            "--print_config", *args.train_args], capture_output=True, text=True)
+    if check.returncode == 0:
+        return None
+    lines = check.stderr.strip().splitlines()
+    return lines[-1] if lines else f"error: train_vision_mamba.py --print_config exited with {check.returncode}"
 
 
 def start_run(args, seed, gpu):
@@ -127,6 +140,10 @@ def main(argv=None):
         parser.error("--per_gpu and --jobs must be at least 1")
     if len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds has a repeated seed: {args.seeds}")
+    problem = config_problem(args)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     try:
         os.makedirs(args.output_dir, exist_ok=True)
         tempfile.TemporaryFile(dir=args.output_dir).close()

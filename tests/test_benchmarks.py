@@ -102,14 +102,19 @@ def test_run_seeds_trains_each_seed_and_reports_mean_and_spread(tmp_path):
     assert all(row["shared_device"] for row in summary["runs"])
 
 
-def test_run_seeds_reports_a_failed_run_and_an_unwritable_folder(tmp_path):
+def test_run_seeds_refuses_a_bad_config_and_reports_a_failed_run_and_an_unwritable_folder(tmp_path):
     out = tmp_path / "seeds"
     result = run_script("benchmarks/run_seeds.py", ["--seeds", "7", "--output_dir", str(out), "--", "--set", "model.depth=0"])
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "model.depth" in result.stderr
+    assert not out.exists()
+    # a run that fails only once it starts (its data is missing) is reported in the table
+    result = run_script("benchmarks/run_seeds.py", ["--config", "cifar10", "--seeds", "7", "--output_dir", str(out), "--",
+                                                    "--data_dir", str(tmp_path / "no_data"), "--set", "data.download=false"])
     assert result.returncode == 1
     (row,) = json.loads((out / "summary.json").read_text())["runs"]
     assert row["exit_code"] == 2 and "test_acc" not in row and "see seed7.txt" in result.stdout
     assert row["shared_device"] is False and "shared a device" not in result.stdout
-    assert "model.depth" in (out / "seed7.txt").read_text()
+    assert "CIFAR10 not found" in (out / "seed7.txt").read_text()
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     result = run_script("benchmarks/run_seeds.py", ["--output_dir", str(blocker / "sub")])
