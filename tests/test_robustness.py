@@ -156,6 +156,7 @@ class _CreatesAFile:
         return (open, (self.path, "w"))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # the hand-made pickle is protocol 4; torch says so
 def test_checkpoint_that_would_run_code_is_refused_and_the_code_never_runs(tmp_path, capsys):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pth"
