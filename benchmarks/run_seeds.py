@@ -28,19 +28,19 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from checkpoints import atomic_write  # noqa: E402
+from train_vision_mamba import USER_ERRORS, UsageError, prepare  # noqa: E402
 TRAIN_SCRIPT = os.path.join(ROOT, "train_vision_mamba.py")
 
 
 def config_problem(args):
     """The training script's own error line for a configuration it refuses (None if it takes it):
-    its --print_config checks everything that can be checked before a run writes anything."""
+    its prepare() checks, as for --print_config, everything that can be checked before a run writes anything."""
     first_run_dir = os.path.join(args.output_dir, f"seed{args.seeds[0]}")
-    check = subprocess.run([sys.executable, TRAIN_SCRIPT, "--config", args.config, "--output_dir", first_run_dir,
-                            "--print_config", *args.train_args], capture_output=True, text=True)
-    if check.returncode == 0:
-        return None
-    lines = check.stderr.strip().splitlines()
-    return lines[-1] if lines else f"error: train_vision_mamba.py --print_config exited with {check.returncode}"
+    try:
+        prepare(["--config", args.config, "--output_dir", first_run_dir, "--print_config", *args.train_args])
+    except (UsageError,) + USER_ERRORS as e:
+        return f"error: {e}"
+    return None
 
 
 def start_run(args, seed, gpu):
