@@ -443,6 +443,13 @@ def use_resident(config, device, num_images=0, info=None):
     return mode == "on" or (mode == "auto" and torch.device(device).type == "cuda")
 
 
+def resize_split(split, img_size, chunk=4096):
+    """An ArraySplit with its images resized as make_transform's Resize does (antialiased, uint8)."""
+    resize = functools.partial(v2.functional.resize, size=[img_size, img_size], antialias=True)
+    images = torch.cat([resize(part) for part in split.images.split(chunk)])  # (N, C, img_size, img_size)
+    return ArraySplit(images, split.labels)
+
+
 def decode_image_folder(dataset, img_size, workers=None):
     """Every image of a checked ImageFolder decoded, resized to img_size and stacked: an ArraySplit.
 
@@ -532,7 +539,10 @@ def create_data_loaders(config, device="cpu", rank=0, world_size=1):
     else:
         train_full, test_split, class_names = load_arrays(config)
         train_idx, val_idx = stratified_split(train_full.labels.numpy(), cfg.val_fraction, seed)
-        resident = use_resident(config, device) and train_full.images.shape[-1] == info.img_size
+        resident = use_resident(config, device)
+        if resident and train_full.images.shape[-1] != info.img_size:
+            # Resize is the transforms' one deterministic step: doing it once keeps the data resident
+            train_full, test_split = (resize_split(s, info.img_size) for s in (train_full, test_split))
         if not resident:  # resizing happens in the DataLoader transforms
             full = _ArrayDataset(train_full)
             train_base, val_base = torch.utils.data.Subset(full, train_idx), torch.utils.data.Subset(full, val_idx)

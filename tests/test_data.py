@@ -18,7 +18,8 @@ import evaluate_model
 import train_vision_mamba
 from config import apply_overrides, get_preset
 from data_pipeline import (ArraySplit, DataError, EpochDataLoader, ResidentLoader, _ArrayDataset, _Transformed,
-                           create_data_loaders, make_transform, random_crop_flip, random_erase, stratified_split)
+                           create_data_loaders, make_transform, random_crop_flip, random_erase, resize_split,
+                           stratified_split)
 from helpers import SMALL, assert_png, read_log
 
 N_TRAIN, N_TEST = 80, 30
@@ -127,6 +128,17 @@ def test_cifar_on_the_resident_path_matches_labels_and_shapes(tmp_path, trust_ch
     assert data.resident and data.class_names[0] == "airplane"
     images, labels = next(iter(data.train))
     assert images.shape == (8, 3, 32, 32) and images.dtype == torch.float32 and labels.dtype == torch.int64
+
+
+def test_a_resized_array_dataset_stays_resident(tmp_path, trust_checksums):
+    write_cifar(str(tmp_path / "data"))
+    config = apply_overrides(get_preset("cifar10"), {"data.data_dir": str(tmp_path / "data"), "data.download": False,
+                                                      "data.gpu_resident": "on", "data.batch_size": 8, "data.img_size": 40})
+    data = create_data_loaders(config, "cpu")
+    assert data.resident and data.info.img_size == 40
+    for loader in (data.train, data.val, data.test):
+        images, _ = next(iter(loader))
+        assert images.shape[1:] == (3, 40, 40)
 
 
 def test_fashion_mnist_reads_the_debian_package_layout(tmp_path, monkeypatch):
@@ -286,12 +298,13 @@ def test_random_erasing_area_matches_torchvision_ranges():
     assert torch.equal(random_erase(images, 0.0, torch.Generator()), images)
 
 
-def test_resident_and_dataloader_paths_give_identical_eval_batches():
+@pytest.mark.parametrize("img_size", [8, 12, 6])
+def test_resident_and_dataloader_paths_give_identical_eval_batches(img_size):
     split = ArraySplit(torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8), torch.arange(20) % 4)
     mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
-    info = data_pipeline.DatasetInfo(4, 3, 8, mean, std, True, "")
+    info = data_pipeline.DatasetInfo(4, 3, img_size, mean, std, True, "")
     cfg = get_preset("cifar10").data
-    resident = ResidentLoader(split, 8, "cpu", mean, std, train=False)
+    resident = ResidentLoader(resize_split(split, img_size, chunk=7), 8, "cpu", mean, std, train=False)
     loader = EpochDataLoader(_Transformed(_ArrayDataset(split), make_transform(info, cfg, train=False)), 8, False, 0, 0, False)
     for (a, la), (b, lb) in zip(resident, loader):
         assert torch.equal(la, lb) and torch.allclose(a, b, atol=1e-5)
