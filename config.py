@@ -11,7 +11,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Optional
 
-from vision_mamba import BLOCK_TYPES, MODEL_SIZES, SSM_CONVS, STEMS, VisionMamba, model_kwargs, parse_block_pattern
+from vision_mamba import MODEL_SIZES, SSM_CONVS, STEMS, VisionMamba, model_kwargs, parse_block_pattern
 
 DATASETS = ("digits", "cifar10", "cifar100", "fashion_mnist", "mnist", "svhn", "imagefolder")
 SCHEDULERS = ("cosine", "step", "plateau", "constant")
@@ -318,7 +318,7 @@ def validate(config):
         depth = m.depth if m.depth is not None else MODEL_SIZES[m.model_size].depth
         parse_block_pattern(m.block_type, depth)
     except ValueError as e:
-        raise ConfigError(f"model.block_type: {e} (allowed: {', '.join(BLOCK_TYPES)})") from None
+        raise ConfigError(f"model.block_type: {e}") from None
     for key in ("patch_size", "embed_dim", "depth", "num_heads", "d_state", "d_conv", "expand"):
         value = getattr(m, key)
         _require(value is None or value >= 1, f"model.{key} must be >= 1, got {value}")

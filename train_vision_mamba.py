@@ -14,6 +14,7 @@ Exit codes: 0 done; 1 training diverged (NaN/Inf loss); 2 bad input; 130/143 sto
 SIGINT/SIGTERM after saving a resumable checkpoint.
 """
 import argparse
+import dataclasses
 import glob
 import hashlib
 import itertools
@@ -40,9 +41,9 @@ from tqdm import tqdm
 from checkpoints import (FORMAT, CheckpointError, checkpoint_config, evaluation_weights, find_latest_checkpoint,
                          link_checkpoint, load_checkpoint, save_checkpoint)
 from config import ConfigError, apply_overrides, load_config, model_from_config, parse_value
-from data_pipeline import DataError, create_data_loaders, error_line, mix_batch
+from data_pipeline import DataError, create_data_loaders, dataset_info, error_line, mix_batch
 from reporting import classification_metrics, plot_confusion_matrix, plot_training_curves, write_json
-from vision_mamba import count_parameters
+from vision_mamba import count_parameters, model_kwargs
 
 TOOLKIT_VERSION = "0.1.0"
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
@@ -264,6 +265,20 @@ SCHEDULE_FIELDS = ("epochs", "warmup_epochs", "scheduler", "lr", "min_lr", "step
 def schedule_changes(old, new):
     """The training.* schedule fields whose values differ between two configs."""
     return [f"training.{k}" for k in SCHEDULE_FIELDS if getattr(old.training, k) != getattr(new.training, k)]
+
+
+def architecture_changes(old, new):
+    """(key, old value, new value) for each setting whose change would change the model's parameters:
+    the model section as the size table resolves it (drop_path and dropout aside), dataset and image size."""
+    def resolved(config):
+        model = dataclasses.asdict(config.model)
+        for key in ("drop_path", "dropout"):  # regularisation only: a resumed run may change it
+            del model[key]
+        size = model.pop("model_size")
+        return {"model.model_size": size, **{f"model.{k}": v for k, v in model_kwargs(size, **model).items()},
+                "data.dataset": config.data.dataset, "data.img_size": dataset_info(config).img_size}
+    before, after = resolved(old), resolved(new)
+    return [(key, before[key], after[key]) for key in before if before[key] != after[key]]
 
 
 def schedule_at_step(optimizer, t, steps_per_epoch, lr, step):
@@ -879,6 +894,11 @@ def prepare(argv):
             if config.data.batch_size != base.data.batch_size:  # the stored position in the epoch counts batches
                 raise ConfigError(f"data.batch_size {config.data.batch_size} differs from the checkpoint's "
                                   f"{base.data.batch_size}: a resumed run keeps its batch size; start a new run for another")
+            changed = architecture_changes(base, config)
+            if changed:
+                key, old, new = changed[0]
+                raise ConfigError(f"{key} {new!r} differs from the checkpoint's {old!r}: a resumed run keeps its model and "
+                                  "dataset; drop that override, or start a new run (--experiment_name) for another")
             changed = schedule_changes(base, config)
             if changed and config.training.scheduler == "plateau":
                 raise ConfigError(f"{', '.join(changed)} changed since the checkpoint, and a plateau schedule's reductions "

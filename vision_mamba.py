@@ -470,7 +470,8 @@ def parse_block_pattern(block_type, depth):
     pattern = [name.strip() for name in str(block_type).split(",")]
     unknown = [name for name in pattern if name not in BLOCK_TYPES]
     if unknown or not pattern:
-        raise ValueError(f"block_type {block_type!r}: each entry must be one of {BLOCK_TYPES}")
+        raise ValueError(f"block_type {block_type!r}: {', '.join(map(repr, unknown))} is not one of "
+                         f"{', '.join(BLOCK_TYPES)} (or a comma-separated pattern of them)")
     if depth % len(pattern):
         raise ValueError(f"block_type pattern {block_type!r} has {len(pattern)} entries, which does not divide depth {depth}: "
                          f"use a depth that is a multiple of {len(pattern)}, or another pattern")

@@ -80,7 +80,7 @@ def test_scan_kernel_tuner_checks_every_launch_variant(tmp_path):
 
 def test_bench_train_rejects_an_unknown_block_type_in_a_pattern():
     result = run_script("benchmarks/bench_train.py", ["--block_types", "ssm,mamba"])
-    assert result.returncode == 2 and "each entry must be one of" in result.stderr
+    assert result.returncode == 2 and "'mamba' is not one of hybrid, ssm, attention" in result.stderr
 
 
 def test_run_seeds_trains_each_seed_and_reports_mean_and_spread(tmp_path):

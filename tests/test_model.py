@@ -51,7 +51,7 @@ def test_size_ranges_from_the_brief():
 def test_block_type_pattern_and_bad_values():
     model = create_model("tiny", block_type="ssm,attention", depth=4)
     assert [b.block_type for b in model.blocks] == ["ssm", "attention", "ssm", "attention"]
-    with pytest.raises(ValueError, match="each entry must be one of"):
+    with pytest.raises(ValueError, match="'mamba' is not one of hybrid, ssm, attention"):
         create_model("tiny", block_type="mamba")
     with pytest.raises(ValueError, match="does not divide depth"):
         create_model("tiny", block_type="ssm,attention,hybrid", depth=4)

@@ -112,6 +112,25 @@ def test_resume_refuses_a_changed_plateau_schedule_and_a_changed_batch_size(tmp_
     assert_one_line_error(result, "data.batch_size 16 differs from the checkpoint's 32")
 
 
+def test_resume_refuses_a_changed_architecture_but_takes_new_regularisation(tmp_path):
+    assert train_vision_mamba.main(train_args(tmp_path, epochs=1)) == 0
+    last = tmp_path / "checkpoints" / "vision_mamba_digits" / "last_checkpoint.pth"
+    before = last.read_bytes()
+    for change, message in [(["--set", "model.embed_dim=48"], "model.embed_dim 48 differs from the checkpoint's 32"),
+                            (["--model_size", "small"], "model.model_size 'small' differs from the checkpoint's 'tiny'"),
+                            (["--set", "model.block_type=ssm"], "model.block_type 'ssm' differs from the checkpoint's 'hybrid'"),
+                            (["--set", "data.img_size=16"], "data.img_size 16 differs from the checkpoint's 8")]:
+        with pytest.raises(train_vision_mamba.ConfigError, match=message):
+            train_vision_mamba.prepare(train_args(tmp_path, "--resume", "auto", *change, epochs=2))
+    result = run_script("train_vision_mamba.py", train_args(tmp_path, "--resume", "auto", "--set", "model.embed_dim=48", epochs=2))
+    assert_one_line_error(result, "model.embed_dim 48 differs from the checkpoint's 32", "start a new run")
+    assert last.read_bytes() == before
+    # the size table's own value, the native image size and a new drop path change no parameter
+    _, config, _, _ = train_vision_mamba.prepare(train_args(tmp_path, "--resume", "auto", "--set", "model.embed_dim=32",
+                                                             "--set", "data.img_size=8", "--set", "model.drop_path=0.3", epochs=2))
+    assert config.model.drop_path == 0.3
+
+
 def test_early_stopping_stops_and_keeps_the_best(tmp_path):
     # an improvement of more than 1.0 in accuracy is impossible: every epoch after the first is "bad"
     args = train_args(tmp_path, "--set", "training.early_stopping_patience=2", "--set", "training.early_stopping_min_delta=1.0",
