@@ -5,7 +5,8 @@
 
 The model is rebuilt from the config stored in the checkpoint and evaluated on the dataset it
 was trained on (the test split by default; --split val gives the validation split carved from
-the training set with the run's seed). Writes metrics.json, classification_report.txt,
+the training set with the run's seed), with the run's own test-time views (training.tta,
+training.tta_shift) unless --tta/--no-tta or --tta_shift say otherwise. Writes metrics.json, classification_report.txt,
 confusion_matrix.png/.csv, per_class_accuracy.png, sample_predictions.png and misclassified.png.
 Exit code 2 with one line for a missing, corrupt, unsafe or incompatible checkpoint.
 """
@@ -36,10 +37,13 @@ def parse_args(argv=None):
     p.add_argument("--split", choices=("test", "val"), default="test")
     p.add_argument("--batch_size", type=int, default=None)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--tta", action="store_true", help="average each image's logits with its mirror's")
-    p.add_argument("--tta_shift", type=int, default=0,
+    # test-time views default to the run's own (training.tta, training.tta_shift), so that the
+    # figure printed here is the one the training script reported for the same checkpoint
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average each image's logits with its mirror's (default: as the run was trained)")
+    p.add_argument("--tta_shift", type=int, default=None,
                    help=f"also average over the image moved by +/- N pixels on both axes (0 to {MAX_TTA_SHIFT}; "
-                        "training.tta_shift)")
+                        "default: the run's training.tta_shift)")
     p.add_argument("--num_samples", type=int, default=32, help="images in sample_predictions.png / misclassified.png")
     p.add_argument("--images", nargs="+", default=None,
                    help="predict these image files (a folder: every image in it) instead of evaluating a dataset")
@@ -49,7 +53,7 @@ def parse_args(argv=None):
         raise UsageError("--output_dir is required (unless you pass --images to predict on your own files)")
     if args.num_samples < 1 or args.top_k < 1 or (args.batch_size is not None and args.batch_size < 1):
         raise UsageError("--num_samples, --top_k and --batch_size must be >= 1")
-    if not 0 <= args.tta_shift <= MAX_TTA_SHIFT:
+    if args.tta_shift is not None and not 0 <= args.tta_shift <= MAX_TTA_SHIFT:
         raise UsageError(f"--tta_shift must be 0 (off) to {MAX_TTA_SHIFT} pixels, got {args.tta_shift}")
     return args
 
@@ -153,6 +157,8 @@ def write_reports(output_dir, logits, labels, class_names, info, loader, args, c
 
 def print_summary(metrics, class_names):
     print(f"{'split':<22}{metrics['split']}")
+    views = ["image"] + ["mirror"] * metrics["tta"] + [f"{metrics['tta_shift']}-px shifts"] * (metrics["tta_shift"] > 0)
+    print(f"{'test-time views':<22}{' + '.join(views)}")
     print(f"{'samples':<22}{metrics['num_samples']}")
     print(f"{'accuracy':<22}{metrics['accuracy']:.4f}")
     print(f"{'loss':<22}{metrics['loss']:.4f}")
@@ -195,8 +201,10 @@ def main(argv=None):
             raise CheckpointError(f"{args.checkpoint} was trained on classes {class_names[:5]}... but the data has "
                                   f"{data.class_names[:5]}...; point --data_dir at the training data")
         loader = data.test if args.split == "test" else data.val
-        tta = args.tta and data.info.hflip
-        logits, labels = predict(model, loader, device, torch.bfloat16 if device.type == "cuda" else None, tta=tta,
+        # recorded as applied: no mirror for datasets whose mirror image changes the label
+        args.tta = bool(config.training.tta if args.tta is None else args.tta) and data.info.hflip
+        args.tta_shift = config.training.tta_shift if args.tta_shift is None else args.tta_shift
+        logits, labels = predict(model, loader, device, torch.bfloat16 if device.type == "cuda" else None, tta=args.tta,
                                  tta_shift=args.tta_shift)
         os.makedirs(args.output_dir, exist_ok=True)
         metrics = write_reports(args.output_dir, logits, labels, class_names, data.info, loader, args, state)

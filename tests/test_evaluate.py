@@ -132,8 +132,13 @@ def test_a_checkpoint_with_grid_convs_is_rebuilt_and_scores_what_training_report
                                               "--set", "training.ema=false",
                                               "--set", "training.tta_shift=1", epochs=1)) == 0
     checkpoint = out / "checkpoints" / "vision_mamba_digits" / "best_model.pth"
-    assert evaluate_model.main(["--checkpoint", str(checkpoint), "--output_dir", str(tmp_path / "ev"), "--num_samples", "4",
-                                "--tta", "--tta_shift", "1"]) == 0
+    # by default the test-time views are the run's own
+    assert evaluate_model.main(["--checkpoint", str(checkpoint), "--output_dir", str(tmp_path / "ev"), "--num_samples", "4"]) == 0
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert read_log(out)["test_tta_shift"] == metrics["tta_shift"] == 1
     assert metrics["accuracy"] == pytest.approx(read_log(out)["test_acc"], abs=1e-6)
+    # asked for, the mirror is still not applied to digits (a mirrored digit is another digit), and says so
+    assert evaluate_model.main(["--checkpoint", str(checkpoint), "--output_dir", str(tmp_path / "ev0"), "--num_samples", "4",
+                                "--tta", "--tta_shift", "0"]) == 0
+    metrics = json.loads((tmp_path / "ev0" / "metrics.json").read_text())
+    assert metrics["tta"] is False and metrics["tta_shift"] == 0
