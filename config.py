@@ -163,9 +163,10 @@ def merge(base, override):
 # Fashion-MNIST) on 28x28 grey images (49 tokens), with random erasing and 2-px crops; no
 # MixUp/CutMix (it cost 0.3 points at 64 epochs) and the default 10% validation split (2% gave
 # nothing there). Its test images are also averaged over 1-px shifts (tta_shift): 1 px scored above
-# mirroring alone on the validation split of all six models tried in session 15. The cifar10 recipe keeps only 2% of the training set (1,000 images) for model
-# selection: its best epochs fall in the last quarter of training, where validation accuracy barely
-# moves, so the other 4,000 images do more good as training data (cifar100 inherits it: 10 per class).
+# mirroring alone on the validation split of all six models tried in session 15. The cifar10 recipe
+# keeps only 2% of the training set (1,000 images) for model selection: its best epochs fall in the
+# last quarter of training, where validation accuracy barely moves, so the other 4,000 images do
+# more good as training data (cifar100 inherits it: 10 per class).
 CIFAR10_RECIPE = {
     "model": {"model_size": "tiny", "block_type": "ssm,attention", "patch_size": 4, "stem": "conv5", "drop_path": 0.1,
               "mlp_conv": True, "ssm_conv": "2d"},

@@ -6,8 +6,9 @@
 The model is rebuilt from the config stored in the checkpoint and evaluated on the dataset it
 was trained on (the test split by default; --split val gives the validation split carved from
 the training set with the run's seed), with the run's own test-time views (training.tta,
-training.tta_shift) unless --tta/--no-tta or --tta_shift say otherwise. Writes metrics.json, classification_report.txt,
-confusion_matrix.png/.csv, per_class_accuracy.png, sample_predictions.png and misclassified.png.
+training.tta_shift) unless --tta/--no-tta or --tta_shift say otherwise. Writes metrics.json,
+classification_report.txt, confusion_matrix.png/.csv, per_class_accuracy.png,
+sample_predictions.png and misclassified.png.
 Exit code 2 with one line for a missing, corrupt, unsafe or incompatible checkpoint.
 """
 import argparse
