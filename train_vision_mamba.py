@@ -275,8 +275,8 @@ def architecture_changes(old, new):
         for key in ("drop_path", "dropout"):  # regularisation only: a resumed run may change it
             del model[key]
         size = model.pop("model_size")
-        return {"model.model_size": size, **{f"model.{k}": v for k, v in model_kwargs(size, **model).items()},
-                "data.dataset": config.data.dataset, "data.img_size": dataset_info(config).img_size}
+        return {"data.dataset": config.data.dataset, "data.img_size": dataset_info(config).img_size,
+                "model.model_size": size, **{f"model.{k}": v for k, v in model_kwargs(size, **model).items()}}
     before, after = resolved(old), resolved(new)
     return [(key, before[key], after[key]) for key in before if before[key] != after[key]]
 
@@ -890,15 +890,19 @@ def prepare(argv):
                 raise CheckpointError(f"{resume_path} has no training state to resume from")
             # a resumed run keeps its stored config; only what this command line sets explicitly changes
             base = checkpoint_config(resume_state, resume_path)
+            # --config names the experiment; its dataset must be the checkpoint's, the rest of it is not applied
+            # (the checkpoint's config holds the run's own --set values, which the preset does not know)
+            changed = [("data.dataset", base.data.dataset, config.data.dataset)] \
+                if args.config and config.data.dataset != base.data.dataset else []
             config = apply_overrides(base, overrides)
             if config.data.batch_size != base.data.batch_size:  # the stored position in the epoch counts batches
                 raise ConfigError(f"data.batch_size {config.data.batch_size} differs from the checkpoint's "
                                   f"{base.data.batch_size}: a resumed run keeps its batch size; start a new run for another")
-            changed = architecture_changes(base, config)
+            changed = changed or architecture_changes(base, config)
             if changed:
                 key, old, new = changed[0]
                 raise ConfigError(f"{key} {new!r} differs from the checkpoint's {old!r}: a resumed run keeps its model and "
-                                  "dataset; drop that override, or start a new run (--experiment_name) for another")
+                                  "dataset; resume with the checkpoint's settings, or start a new run (--experiment_name)")
             changed = schedule_changes(base, config)
             if changed and config.training.scheduler == "plateau":
                 raise ConfigError(f"{', '.join(changed)} changed since the checkpoint, and a plateau schedule's reductions "

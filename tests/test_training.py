@@ -129,6 +129,12 @@ def test_resume_refuses_a_changed_architecture_but_takes_new_regularisation(tmp_
     _, config, _, _ = train_vision_mamba.prepare(train_args(tmp_path, "--resume", "auto", "--set", "model.embed_dim=32",
                                                              "--set", "data.img_size=8", "--set", "model.drop_path=0.3", epochs=2))
     assert config.model.drop_path == 0.3
+    # --config names the experiment: another dataset's preset is refused, the run's own preset without
+    # the run's --set values resumes with them
+    with pytest.raises(train_vision_mamba.ConfigError, match="data.dataset 'mnist' differs from the checkpoint's 'digits'"):
+        train_vision_mamba.prepare(train_args(tmp_path, "--resume", str(last), config="mnist"))
+    _, config, _, _ = train_vision_mamba.prepare(["--config", "digits", "--output_dir", str(tmp_path), "--resume", "auto"])
+    assert config.model.embed_dim == 32 and config.model.depth == 2
 
 
 def test_early_stopping_stops_and_keeps_the_best(tmp_path):
