@@ -892,15 +892,16 @@ def prepare(argv):
             base = checkpoint_config(resume_state, resume_path)
             # --config names the experiment; its dataset must be the checkpoint's, the rest of it is not applied
             # (the checkpoint's config holds the run's own --set values, which the preset does not know)
-            changed = [("data.dataset", base.data.dataset, config.data.dataset)] \
-                if args.config and config.data.dataset != base.data.dataset else []
+            named_dataset = config.data.dataset if args.config else base.data.dataset
             config = apply_overrides(base, overrides)
             if config.data.batch_size != base.data.batch_size:  # the stored position in the epoch counts batches
                 raise ConfigError(f"data.batch_size {config.data.batch_size} differs from the checkpoint's "
                                   f"{base.data.batch_size}: a resumed run keeps its batch size; start a new run for another")
-            changed = changed or architecture_changes(base, config)
-            if changed:
-                key, old, new = changed[0]
+            refused = architecture_changes(base, config)
+            if named_dataset != base.data.dataset:
+                refused.insert(0, ("data.dataset", base.data.dataset, named_dataset))
+            if refused:
+                key, old, new = refused[0]
                 raise ConfigError(f"{key} {new!r} differs from the checkpoint's {old!r}: a resumed run keeps its model and "
                                   "dataset; resume with the checkpoint's settings, or start a new run (--experiment_name)")
             changed = schedule_changes(base, config)

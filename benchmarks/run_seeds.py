@@ -28,6 +28,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from checkpoints import atomic_write  # noqa: E402
+from data_pipeline import error_line  # noqa: E402
 from train_vision_mamba import USER_ERRORS, UsageError, prepare  # noqa: E402
 TRAIN_SCRIPT = os.path.join(ROOT, "train_vision_mamba.py")
 
@@ -39,7 +40,7 @@ def config_problem(args):
     try:
         prepare(["--config", args.config, "--output_dir", first_run_dir, "--print_config", *args.train_args])
     except (UsageError,) + USER_ERRORS as e:
-        return f"error: {e}"
+        return f"error: {error_line(e)}"
     return None
 
 
