@@ -3,8 +3,9 @@
 Triton ships with PyTorch's CUDA builds and compiles these kernels just in time: no custom
 CUDA build. Like Mamba's own kernel, each program keeps the (BLOCK_E, N) state of one sequence
 in registers and walks the tokens in order, so the (B, L, G, E, N) states never travel through
-GPU memory in the forward pass. The backward pass recomputes the states once into a scratch
-buffer, then runs the adjoint recurrence in reverse:
+GPU memory in the forward pass. The backward pass recomputes the states, keeping one in every
+CHUNK as a checkpoint, then runs the adjoint recurrence in reverse a chunk at a time, each chunk's
+states recomputed from its checkpoint into registers:
     g_h[t] = exp(delta[t+1] A) g_h[t+1] + Cm[t] g_y[t]
 Sums that span programs (g_Bm, g_Cm over channel blocks; g_A, g_D over the batch) are written
 as per-program partial sums that torch adds up afterwards: no atomics, deterministic gradients.
@@ -21,6 +22,14 @@ import triton.language as tl
 BLOCK_E = 64  # measured on an H200 (docs/BENCHMARKS.md): one warp per program and a
 NUM_WARPS = 1  # 3-deep pipeline beat 4 warps by 1.3-1.6x; more programs hide the loop's latency
 STAGES = 3
+BWD_BLOCK_E = 32  # the backward's own launch shape: it holds six (BLOCK_E, N) tiles a thread, not one
+BWD_NUM_WARPS = 1
+BWD_STAGES = 1
+# The backward used to write every recomputed state out and read it back: (B, L, G, E, N) fp32,
+# 1.6 GB a layer for hybrid-tiny at batch 1024, three quarters of the kernel's time. Now only the
+# state before each chunk of CHUNK tokens goes through memory. The kernel writes the chunk out as
+# four named states, as Triton has no register arrays; 4 keeps them within a thread's registers.
+CHUNK = 4
 
 
 @triton.jit
@@ -46,9 +55,47 @@ def _scan_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr, L, G, 
 
 
 @triton.jit
-def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, gy_ptr, h_ptr,
+def _advance(h, A, u_ptr, delta_ptr, B_ptr, b, g, t, L, G, E, e, n, mask_e, N: tl.constexpr):
+    """The state after token t from the state before it; tokens past the end leave it unchanged."""
+    row = (b * L + t) * G + g
+    valid = t < L
+    u = tl.load(u_ptr + row * E + e, mask=mask_e & valid, other=0.0).to(tl.float32)
+    dt = tl.load(delta_ptr + row * E + e, mask=mask_e & valid, other=0.0).to(tl.float32)
+    Bt = tl.load(B_ptr + row * N + n, mask=(n >= 0) & valid, other=0.0).to(tl.float32)
+    return tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bt[None, :]
+
+
+@triton.jit
+def _adjoint_step(h_t, g_h, g_A, g_D, A, D, u_ptr, delta_ptr, B_ptr, C_ptr, gy_ptr, gu_ptr, gdelta_ptr,
+                  gB_ptr, gC_ptr, partial_rows, b, g, t, L, G, E, e, n, mask_e, N: tl.constexpr):
+    """Token t of the reverse pass, given its state h_t: writes the token's gradients, adds to the
+    g_A and g_D sums, and carries g_h back to token t - 1."""
+    row = (b * L + t) * G + g
+    valid = t < L
+    mask_n = (n >= 0) & valid
+    u = tl.load(u_ptr + row * E + e, mask=mask_e & valid, other=0.0).to(tl.float32)
+    dt = tl.load(delta_ptr + row * E + e, mask=mask_e & valid, other=0.0).to(tl.float32)
+    Bt = tl.load(B_ptr + row * N + n, mask=mask_n, other=0.0).to(tl.float32)
+    Ct = tl.load(C_ptr + row * N + n, mask=mask_n, other=0.0).to(tl.float32)
+    gy = tl.load(gy_ptr + row * E + e, mask=mask_e & valid, other=0.0).to(tl.float32)
+    g_h += Ct[None, :] * gy[:, None]
+    tl.store(gC_ptr + (partial_rows + row) * N + n, tl.sum(h_t * gy[:, None], axis=0), mask=mask_n)
+    g_x_dot_B = tl.sum(g_h * Bt[None, :], axis=1)  # dL/d(delta * u)
+    tl.store(gB_ptr + (partial_rows + row) * N + n, tl.sum(g_h * (dt * u)[:, None], axis=0), mask=mask_n)
+    # d/d(log decay[t]) = g_h[t] * decay[t] * h[t-1] = g_h[t] * (h[t] - x[t]): no second state needed
+    g_log_decay = g_h * (h_t - (dt * u)[:, None] * Bt[None, :])
+    tl.store(gdelta_ptr + row * E + e, tl.sum(g_log_decay * A, axis=1) + g_x_dot_B * u, mask=mask_e & valid)
+    tl.store(gu_ptr + row * E + e, g_x_dot_B * dt + D * gy, mask=mask_e & valid)
+    g_A += g_log_decay * dt[:, None]
+    g_D += gy * u
+    return g_h * tl.exp(dt[:, None] * A), g_A, g_D
+
+
+@triton.jit
+def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, gy_ptr, ckpt_ptr,
                      gu_ptr, gdelta_ptr, gA_ptr, gB_ptr, gC_ptr, gD_ptr, L, G, E,
-                     N: tl.constexpr, BLOCK_E: tl.constexpr, STAGES: tl.constexpr):
+                     N: tl.constexpr, BLOCK_E: tl.constexpr, STAGES: tl.constexpr, CHUNK: tl.constexpr):
+    tl.static_assert(CHUNK == 4, "the reverse pass below is written out for chunks of 4 tokens")
     pid_bg = tl.program_id(0).to(tl.int64)
     b, g = pid_bg // G, pid_bg % G
     e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
@@ -57,40 +104,35 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, gy_ptr, h_ptr
     mask_en = mask_e[:, None]
     A = tl.load(A_ptr + (g * E + e)[:, None] * N + n[None, :], mask=mask_en, other=0.0)
     D = tl.load(D_ptr + g * E + e, mask=mask_e, other=0.0)
+    chunks = tl.cdiv(L, CHUNK)
+    ckpt_rows = pid_bg * chunks  # this sequence's (chunks, E, N) checkpoints
 
     h = tl.zeros((BLOCK_E, N), dtype=tl.float32)
-    for t in tl.range(0, L, num_stages=STAGES):  # states again, kept for the reverse pass
-        row = (b * L + t) * G + g
-        u = tl.load(u_ptr + row * E + e, mask=mask_e, other=0.0).to(tl.float32)
-        dt = tl.load(delta_ptr + row * E + e, mask=mask_e, other=0.0).to(tl.float32)
-        Bt = tl.load(B_ptr + row * N + n).to(tl.float32)
-        h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bt[None, :]
-        tl.store(h_ptr + (row * E + e)[:, None] * N + n[None, :], h, mask=mask_en)
+    for c in tl.range(0, chunks, num_stages=STAGES):  # forward: the state before each chunk
+        tl.store(ckpt_ptr + ((ckpt_rows + c) * E + e)[:, None] * N + n[None, :], h, mask=mask_en)
+        for k in tl.static_range(CHUNK):
+            h = _advance(h, A, u_ptr, delta_ptr, B_ptr, b, g, c * CHUNK + k, L, G, E, e, n, mask_e, N)
 
     g_h = tl.zeros((BLOCK_E, N), dtype=tl.float32)  # dL/dh[t], carried backwards
     g_A = tl.zeros((BLOCK_E, N), dtype=tl.float32)
     g_D = tl.zeros((BLOCK_E,), dtype=tl.float32)
     partial_rows = tl.program_id(1).to(tl.int64) * tl.num_programs(0) * L  # this channel block's (B, L, G, N) slice
-    for i in tl.range(0, L, num_stages=STAGES):
-        t = L - 1 - i
-        row = (b * L + t) * G + g
-        u = tl.load(u_ptr + row * E + e, mask=mask_e, other=0.0).to(tl.float32)
-        dt = tl.load(delta_ptr + row * E + e, mask=mask_e, other=0.0).to(tl.float32)
-        Bt = tl.load(B_ptr + row * N + n).to(tl.float32)
-        Ct = tl.load(C_ptr + row * N + n).to(tl.float32)
-        gy = tl.load(gy_ptr + row * E + e, mask=mask_e, other=0.0).to(tl.float32)
-        h_t = tl.load(h_ptr + (row * E + e)[:, None] * N + n[None, :], mask=mask_en, other=0.0)
-        g_h += Ct[None, :] * gy[:, None]
-        tl.store(gC_ptr + (partial_rows + row) * N + n, tl.sum(h_t * gy[:, None], axis=0))
-        g_x_dot_B = tl.sum(g_h * Bt[None, :], axis=1)  # dL/d(delta * u)
-        tl.store(gB_ptr + (partial_rows + row) * N + n, tl.sum(g_h * (dt * u)[:, None], axis=0))
-        # d/d(log decay[t]) = g_h[t] * decay[t] * h[t-1] = g_h[t] * (h[t] - x[t]): no second state load
-        g_log_decay = g_h * (h_t - (dt * u)[:, None] * Bt[None, :])
-        tl.store(gdelta_ptr + row * E + e, tl.sum(g_log_decay * A, axis=1) + g_x_dot_B * u, mask=mask_e)
-        tl.store(gu_ptr + row * E + e, g_x_dot_B * dt + D * gy, mask=mask_e)
-        g_A += g_log_decay * dt[:, None]
-        g_D += gy * u
-        g_h = g_h * tl.exp(dt[:, None] * A)
+    for i in tl.range(0, chunks, num_stages=STAGES):  # reverse, a chunk at a time
+        c = chunks - 1 - i
+        t0 = c * CHUNK
+        h0 = tl.load(ckpt_ptr + ((ckpt_rows + c) * E + e)[:, None] * N + n[None, :], mask=mask_en, other=0.0)
+        h1 = _advance(h0, A, u_ptr, delta_ptr, B_ptr, b, g, t0, L, G, E, e, n, mask_e, N)
+        h2 = _advance(h1, A, u_ptr, delta_ptr, B_ptr, b, g, t0 + 1, L, G, E, e, n, mask_e, N)
+        h3 = _advance(h2, A, u_ptr, delta_ptr, B_ptr, b, g, t0 + 2, L, G, E, e, n, mask_e, N)
+        h4 = _advance(h3, A, u_ptr, delta_ptr, B_ptr, b, g, t0 + 3, L, G, E, e, n, mask_e, N)
+        g_h, g_A, g_D = _adjoint_step(h4, g_h, g_A, g_D, A, D, u_ptr, delta_ptr, B_ptr, C_ptr, gy_ptr, gu_ptr,
+                                      gdelta_ptr, gB_ptr, gC_ptr, partial_rows, b, g, t0 + 3, L, G, E, e, n, mask_e, N)
+        g_h, g_A, g_D = _adjoint_step(h3, g_h, g_A, g_D, A, D, u_ptr, delta_ptr, B_ptr, C_ptr, gy_ptr, gu_ptr,
+                                      gdelta_ptr, gB_ptr, gC_ptr, partial_rows, b, g, t0 + 2, L, G, E, e, n, mask_e, N)
+        g_h, g_A, g_D = _adjoint_step(h2, g_h, g_A, g_D, A, D, u_ptr, delta_ptr, B_ptr, C_ptr, gy_ptr, gu_ptr,
+                                      gdelta_ptr, gB_ptr, gC_ptr, partial_rows, b, g, t0 + 1, L, G, E, e, n, mask_e, N)
+        g_h, g_A, g_D = _adjoint_step(h1, g_h, g_A, g_D, A, D, u_ptr, delta_ptr, B_ptr, C_ptr, gy_ptr, gu_ptr,
+                                      gdelta_ptr, gB_ptr, gC_ptr, partial_rows, b, g, t0, L, G, E, e, n, mask_e, N)
     tl.store(gA_ptr + (pid_bg * E + e)[:, None] * N + n[None, :], g_A, mask=mask_en)  # (b, g, e, n)
     tl.store(gD_ptr + pid_bg * E + e, g_D, mask=mask_e)
 
@@ -100,9 +142,9 @@ def supports(d_state):
     return d_state & (d_state - 1) == 0 and 1 <= d_state <= 64
 
 
-def _grid(u):
+def _grid(u, block_e):
     batch, _, groups, inner = u.shape
-    return (batch * groups, triton.cdiv(inner, BLOCK_E))
+    return (batch * groups, triton.cdiv(inner, block_e))
 
 
 # Registered as custom operators, so torch.compile treats each kernel as one opaque call on
@@ -116,7 +158,7 @@ def scan_forward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: torc
     A, D = A.float().contiguous(), D.float().contiguous()
     _, length, groups, inner = u.shape
     y = torch.empty(u.shape, dtype=torch.float32, device=u.device)
-    _scan_fwd_kernel[_grid(u)](u, delta, A, Bm, Cm, D, y, length, groups, inner, N=A.shape[-1], BLOCK_E=BLOCK_E,
+    _scan_fwd_kernel[_grid(u, BLOCK_E)](u, delta, A, Bm, Cm, D, y, length, groups, inner, N=A.shape[-1], BLOCK_E=BLOCK_E,
                                       STAGES=STAGES, num_warps=NUM_WARPS)
     return y
 
@@ -136,14 +178,15 @@ def scan_backward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: tor
     batch, length, groups, inner = u.shape
     d_state = A.shape[-1]
     f32 = dict(dtype=torch.float32, device=u.device)
-    states = torch.empty(batch, length, groups, inner, d_state, **f32)
+    grid = _grid(u, BWD_BLOCK_E)
+    checkpoints = torch.empty(batch * groups, triton.cdiv(length, CHUNK), inner, d_state, **f32)
     g_u, g_delta = torch.empty(u.shape, **f32), torch.empty(u.shape, **f32)
-    channel_blocks = _grid(u)[1]  # partial sums, added up below: per channel block for Bm, Cm, per sample for A, D
+    channel_blocks = grid[1]  # partial sums, added up below: per channel block for Bm, Cm, per sample for A, D
     g_B, g_C = torch.empty(channel_blocks, *Bm.shape, **f32), torch.empty(channel_blocks, *Cm.shape, **f32)
     g_A, g_D = torch.empty(batch, *A.shape, **f32), torch.empty(batch, *D.shape, **f32)
-    _scan_bwd_kernel[_grid(u)](u, delta, A, Bm, Cm, D, g_y, states, g_u, g_delta, g_A, g_B, g_C, g_D,
-                               length, groups, inner, N=d_state, BLOCK_E=BLOCK_E, STAGES=STAGES,
-                               num_warps=NUM_WARPS)
+    _scan_bwd_kernel[grid](u, delta, A, Bm, Cm, D, g_y, checkpoints, g_u, g_delta, g_A, g_B, g_C, g_D,
+                           length, groups, inner, N=d_state, BLOCK_E=BWD_BLOCK_E, STAGES=BWD_STAGES, CHUNK=CHUNK,
+                           num_warps=BWD_NUM_WARPS)
     return g_u, g_delta, g_A.sum(0), g_B.sum(0), g_C.sum(0), g_D.sum(0)
 
 

@@ -131,7 +131,7 @@ def bench(args, device, size, block_type, batch_size):
             synchronize(device)
         sort_key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         print(f"# {size} {block_type} batch {batch_size}: {PROFILED_STEPS} steps, top kernels by {sort_key}")
-        print(prof.key_averages().table(sort_by=sort_key, row_limit=15, max_name_column_width=60))
+        print(prof.key_averages().table(sort_by=sort_key, row_limit=30, max_name_column_width=70))
         if device.type == "cuda":
             # GPU kernel time per step against the unprofiled step time: well under 100% means the GPU
             # waits on the host (Python, launches, synchronisation), which CUDA graphs or fewer kernels would cut

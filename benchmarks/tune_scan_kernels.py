@@ -1,6 +1,7 @@
 """Time the fused Triton scan kernels (forward and backward separately) under launch variants:
 channels per program (BLOCK_E), warps per program and pipelining depth of the token loop.
-The defaults in selective_scan_triton.py were chosen from this script's output on an H200.
+The defaults in selective_scan_triton.py (the forward's and the backward's apart) were chosen
+from this script's output on an H200.
 
     python benchmarks/tune_scan_kernels.py                        # CUDA: the two shapes below, all variants
     python benchmarks/tune_scan_kernels.py --shapes 512,64,2,192,16 --block_e 64 --warps 1 --stages 3
@@ -53,13 +54,16 @@ def main():
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
-    defaults = (kernels.BLOCK_E, kernels.NUM_WARPS, kernels.STAGES)
+    defaults = (kernels.BLOCK_E, kernels.NUM_WARPS, kernels.STAGES, kernels.BWD_BLOCK_E, kernels.BWD_NUM_WARPS,
+                kernels.BWD_STAGES)
     for shape_text in args.shapes:
         shape = tuple(int(v) for v in shape_text.split(","))
         inputs, g_y = scan_inputs(*shape, device)
         reference = None
         for block_e, warps, stages in itertools.product(args.block_e, args.warps, args.stages):
+            # each kernel has its own launch shape; both take the variant, and their times are read apart
             kernels.BLOCK_E, kernels.NUM_WARPS, kernels.STAGES = block_e, warps, stages
+            kernels.BWD_BLOCK_E, kernels.BWD_NUM_WARPS, kernels.BWD_STAGES = block_e, warps, stages
             y, grads = kernels.scan_forward(*inputs), kernels.scan_backward(*inputs, g_y)
             reference = reference or (y, grads)
             agrees = close(y, reference[0]) and all(close(g, r) for g, r in zip(grads, reference[1]))
@@ -75,7 +79,8 @@ def main():
             if args.json:
                 with open(args.json, "a") as f:
                     f.write(json.dumps(row) + "\n")
-    kernels.BLOCK_E, kernels.NUM_WARPS, kernels.STAGES = defaults
+    (kernels.BLOCK_E, kernels.NUM_WARPS, kernels.STAGES, kernels.BWD_BLOCK_E, kernels.BWD_NUM_WARPS,
+     kernels.BWD_STAGES) = defaults
 
 
 if __name__ == "__main__":
