@@ -158,7 +158,11 @@ def write_reports(output_dir, logits, labels, class_names, info, loader, args, c
 
 def print_summary(metrics, class_names):
     print(f"{'split':<22}{metrics['split']}")
-    views = ["image"] + ["mirror"] * metrics["tta"] + [f"{metrics['tta_shift']}-px shifts"] * (metrics["tta_shift"] > 0)
+    views = ["image"]
+    if metrics["tta"]:
+        views.append("mirror")
+    if metrics["tta_shift"]:
+        views.append(f"{metrics['tta_shift']}-px shifts")
     print(f"{'test-time views':<22}{' + '.join(views)}")
     print(f"{'samples':<22}{metrics['num_samples']}")
     print(f"{'accuracy':<22}{metrics['accuracy']:.4f}")

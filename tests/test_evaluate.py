@@ -122,7 +122,7 @@ def test_moved_data_is_one_line_naming_data_dir_and_data_dir_finds_it(tmp_path, 
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["num_samples"] == 24
 
 
-def test_a_checkpoint_with_grid_convs_is_rebuilt_and_scores_what_training_reported(tmp_path):
+def test_a_checkpoint_with_grid_convs_is_rebuilt_and_scores_what_training_reported(tmp_path, capsys):
     from helpers import read_log
     out = tmp_path / "run"
     # no EMA: the checkpoint's weights are the ones the test figure came from, scored the same way (digits
@@ -137,8 +137,10 @@ def test_a_checkpoint_with_grid_convs_is_rebuilt_and_scores_what_training_report
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert read_log(out)["test_tta_shift"] == metrics["tta_shift"] == 1
     assert metrics["accuracy"] == pytest.approx(read_log(out)["test_acc"], abs=1e-6)
+    assert "test-time views       image + 1-px shifts\n" in capsys.readouterr().out
     # asked for, the mirror is still not applied to digits (a mirrored digit is another digit), and says so
     assert evaluate_model.main(["--checkpoint", str(checkpoint), "--output_dir", str(tmp_path / "ev0"), "--num_samples", "4",
                                 "--tta", "--tta_shift", "0"]) == 0
     metrics = json.loads((tmp_path / "ev0" / "metrics.json").read_text())
     assert metrics["tta"] is False and metrics["tta_shift"] == 0
+    assert "test-time views       image\n" in capsys.readouterr().out
