@@ -155,7 +155,7 @@ def merge(base, override):
 
 
 # Presets list only what differs from the defaults above. digits, cifar10 and fashion_mnist are
-# the recipes measured in docs/RESULTS.md (3 seeds each); cifar100 is the cifar10 recipe with 100
+# the recipes measured in docs/RESULTS.md (3 seeds or more each); cifar100 is the cifar10 recipe with 100
 # classes, not measured (no CIFAR-100 data was available).
 # cifar10 spends the time CUDA graphs saved (120 epochs took 311 s with them, 455-460 s without) on
 # 60 more epochs; fashion_mnist likewise (64 epochs in 184-230 s, 40 took 248 s without; 90 gave no
