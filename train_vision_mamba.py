@@ -719,8 +719,9 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
 def resolve_compile_mode(mode, device):
     """training.compile=auto: on CUDA everything but attention is compiled (H200: 1.12x the eager
     img/s at batch 512, 1.39x at 1024; all 4 bf16 CIFAR-10 runs stable), since the whole compiled
-    hybrid diverged under bf16 in all 5 runs made so (docs/RESULTS.md); on the CPU compiling costs
-    more than it gives, so eager."""
+    model went wrong under bf16 in 6 of 11 runs made so: 5 NaN (sessions 1-2), 1 collapse without a
+    NaN (session 17, though 11% faster; docs/RESULTS.md). On the CPU compiling costs more than it
+    gives, so eager."""
     if mode != "auto":
         return mode
     return "all_but_attention" if device.type == "cuda" else "off"

@@ -253,10 +253,14 @@ def main():
                 rows.append(row)
                 print(f"{size:<6} {block_type:<10} batch {batch_size:<5} {row['img_per_s']:10.1f} img/s  step {row['step_ms']:8.2f} ms  "
                       f"data {row['data_ms']:7.3f} ms ({row['data_fraction']:.1%})  MFU {row['mfu']:.1%}  compile {row['compile_s']:.1f}s  "
-                      f"peak {row['peak_mem_mib']} MiB", flush=True)
+                      f"peak {peak_memory(row['peak_mem_mib'])}", flush=True)
                 if args.json:
                     with open(args.json, "a") as f:
                         f.write(json.dumps(row) + "\n")
+
+
+def peak_memory(mib):
+    return "n/a (CPU)" if mib is None else f"{mib / 1024:.1f} GiB"
 
 
 if __name__ == "__main__":
