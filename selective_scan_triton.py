@@ -56,13 +56,18 @@ def _scan_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr, L, G, 
 
 
 @triton.jit
-def _advance(h, A, u_ptr, delta_ptr, B_ptr, b, g, t, L, G, E, e, n, mask_e, N: tl.constexpr):
-    """The state after token t from the state before it; tokens past the end leave it unchanged."""
-    row = (b * L + t) * G + g
-    valid = t < L
+def _token_inputs(u_ptr, delta_ptr, B_ptr, row, valid, E, e, n, mask_e, N: tl.constexpr):
+    """Token row's u, delta (BLOCK_E,) and Bm (N,) in fp32; zeros for a token past the end."""
     u = tl.load(u_ptr + row * E + e, mask=mask_e & valid, other=0.0).to(tl.float32)
     dt = tl.load(delta_ptr + row * E + e, mask=mask_e & valid, other=0.0).to(tl.float32)
     Bt = tl.load(B_ptr + row * N + n, mask=(n >= 0) & valid, other=0.0).to(tl.float32)
+    return u, dt, Bt
+
+
+@triton.jit
+def _advance(h, A, u_ptr, delta_ptr, B_ptr, b, g, t, L, G, E, e, n, mask_e, N: tl.constexpr):
+    """The state after token t from the state before it; tokens past the end leave it unchanged."""
+    u, dt, Bt = _token_inputs(u_ptr, delta_ptr, B_ptr, (b * L + t) * G + g, t < L, E, e, n, mask_e, N)
     return tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bt[None, :]
 
 
@@ -74,9 +79,7 @@ def _adjoint_step(h_t, g_h, g_A, g_D, A, D, u_ptr, delta_ptr, B_ptr, C_ptr, gy_p
     row = (b * L + t) * G + g
     valid = t < L
     mask_n = (n >= 0) & valid
-    u = tl.load(u_ptr + row * E + e, mask=mask_e & valid, other=0.0).to(tl.float32)
-    dt = tl.load(delta_ptr + row * E + e, mask=mask_e & valid, other=0.0).to(tl.float32)
-    Bt = tl.load(B_ptr + row * N + n, mask=mask_n, other=0.0).to(tl.float32)
+    u, dt, Bt = _token_inputs(u_ptr, delta_ptr, B_ptr, row, valid, E, e, n, mask_e, N)
     Ct = tl.load(C_ptr + row * N + n, mask=mask_n, other=0.0).to(tl.float32)
     gy = tl.load(gy_ptr + row * E + e, mask=mask_e & valid, other=0.0).to(tl.float32)
     g_h += Ct[None, :] * gy[:, None]
