@@ -469,7 +469,7 @@ def parse_block_pattern(block_type, depth):
     """'hybrid' -> every layer hybrid; 'ssm,attention' -> that pattern repeated to `depth` layers."""
     pattern = [name.strip() for name in str(block_type).split(",")]
     unknown = [name for name in pattern if name not in BLOCK_TYPES]
-    if unknown or not pattern:
+    if unknown:  # split always gives at least one entry ('' included, which is unknown)
         raise ValueError(f"block_type {block_type!r}: {', '.join(map(repr, unknown))} is not one of "
                          f"{', '.join(BLOCK_TYPES)} (or a comma-separated pattern of them)")
     if depth % len(pattern):
