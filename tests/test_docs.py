@@ -1,5 +1,6 @@
 """The documents' links and the result folders they cite exist, so a reader who follows a figure
 to its logs finds them (the folders are named by hand, session by session)."""
+import functools
 import itertools
 import os
 import re
@@ -10,6 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCUMENTS = ("README.md", "docs/RESULTS.md", "docs/BENCHMARKS.md")
 
 
+@functools.lru_cache(maxsize=None)  # each link into a document asks again
 def headings(path):
     """GitHub's anchors for a Markdown file's headings: lower case, punctuation dropped, spaces as hyphens."""
     with open(path, encoding="utf-8") as f:
