@@ -87,7 +87,7 @@ class TrainingConfig:
     grad_clip: float = 1.0  # max gradient norm; 0 disables
     label_smoothing: float = 0.1
     amp: str = "auto"  # auto: bf16 on CUDA, off on CPU
-    compile: str = "auto"  # auto: all_but_attention on CUDA, off on CPU; on: the whole model; regional: all but SSM (README)
+    compile: str = "auto"  # auto: on (the whole model) on CUDA, off on CPU; regional: all but SSM (README)
     # false (as timm's EMA): validation and test run eagerly. A second compiled graph cost 16-26 s in the first
     # epoch and saved at most 10 ms per later epoch on the H200 (docs/RESULTS.md, session 11)
     compile_eval: bool = False

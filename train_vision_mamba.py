@@ -717,14 +717,14 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
 
 
 def resolve_compile_mode(mode, device):
-    """training.compile=auto: on CUDA everything but attention is compiled (H200: 1.12x the eager
-    img/s at batch 512, 1.39x at 1024; all 4 bf16 CIFAR-10 runs stable), since the whole compiled
-    model went wrong under bf16 in 6 of 11 runs made so: 5 NaN (sessions 1-2), 1 collapse without a
-    NaN (session 17, though 11% faster; docs/RESULTS.md). On the CPU compiling costs more than it
-    gives, so eager."""
+    """training.compile=auto: on CUDA the whole model is compiled, attention's core included as an
+    opaque op (vision_mamba.attention_core): with inductor seeing into attention, whole-model bf16
+    training went wrong in 6 of 11 runs (5 NaN in sessions 1-2, 1 collapse without NaN in session
+    17, another in session 18); behind the op it trained stably, 11% faster than with eager
+    attention (docs/RESULTS.md). On the CPU compiling costs more than it gives, so eager."""
     if mode != "auto":
         return mode
-    return "all_but_attention" if device.type == "cuda" else "off"
+    return "on" if device.type == "cuda" else "off"
 
 
 def cudagraphs_enabled(requested, compile_mode, device, distributed=False):
@@ -753,11 +753,10 @@ def compile_model(module, mode, cudagraphs=False):
     """What to call to run `module` (a VisionMamba, or one inside DDP) under training.compile=mode,
     its compiled graphs replayed as CUDA graphs if cudagraphs (no effect on a CPU).
 
-    on: the whole model through torch.compile. regional: attention and MLP of every block compiled
-    in place (one graph reused by all blocks), SSM layers eager. all_but_attention: the whole model
-    compiled with the attention layers run eagerly (a graph break each), so inductor fuses the SSM
-    layers' element-wise chains. Under bf16 the whole compiled hybrid diverged, while leaving
-    either the SSM or the attention out of the graph trained stably (docs/RESULTS.md).
+    on: the whole model through torch.compile, attention's core an opaque op in the graph.
+    regional: attention and MLP of every block compiled in place (one graph reused by all blocks),
+    SSM layers eager. all_but_attention: the whole model compiled with the attention layers run
+    eagerly (a graph break each), the default of sessions 3-17 (docs/RESULTS.md).
     """
     if mode == "off":
         return module

@@ -23,6 +23,7 @@ import contextlib
 import math
 import os
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -366,6 +367,67 @@ class BidirectionalSSM(nn.Module):
         return self.out_proj(y.to(z.dtype) * F.silu(z))
 
 
+# ------------------------------------------------------------------------------------------
+# Attention's core, softmax(q k^T * scale) v, as one op that torch.compile cannot see into. With
+# the plain SDPA call in the graph, whole-model compiled bf16 training went wrong in 6 of 11 runs
+# (5 NaN, 1 collapse without one); behind this op it was stable (docs/RESULTS.md, session 18), and
+# the rest of the model still compiles as one graph, with no break at each attention.
+
+
+@torch.library.custom_op("vision_mamba::attention", mutates_args=())
+def attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: Optional[torch.Tensor],
+                   scale: float) -> torch.Tensor:
+    """q, k, v: (B, heads, L, head_dim); allowed: (L, L) bool, where a token may attend, or None."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale).contiguous()  # SDPA's fused kernel
+
+
+@attention_core.register_fake
+def _(q, k, v, allowed, scale):
+    return q.new_empty(q.shape)
+
+
+def attention_probabilities(q, k, allowed, scale):
+    """softmax(q k^T * scale) over the allowed keys, in fp32 (fp64 if q is)."""
+    exact = torch.promote_types(q.dtype, torch.float32)
+    scores = (q.to(exact) @ k.to(exact).transpose(-2, -1)) * scale  # (B, heads, L, L)
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    return scores.softmax(-1)
+
+
+@torch.library.custom_op("vision_mamba::attention_backward", mutates_args=())
+def attention_core_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: Optional[torch.Tensor],
+                            scale: float, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients in fp32 (fp64 if q is) from the recomputed probabilities P: dV = P^T g, dP = g V^T, and through
+    the softmax dS = P * (dP - rowsum(dP * P)) * scale, then dQ = dS K, dK = dS^T Q."""
+    with _autocast_off(q.device):
+        p = attention_probabilities(q, k, allowed, scale)
+        g = grad.to(p.dtype)
+        grad_v = p.transpose(-2, -1) @ g
+        grad_p = g @ v.to(p.dtype).transpose(-2, -1)
+        grad_s = p * (grad_p - (grad_p * p).sum(-1, keepdim=True)) * scale
+        grad_q, grad_k = grad_s @ k.to(p.dtype), grad_s.transpose(-2, -1) @ q.to(p.dtype)
+    return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype)
+
+
+@attention_core_backward.register_fake
+def _(q, k, v, allowed, scale, grad):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _save_attention_inputs(ctx, inputs, output):
+    q, k, v, allowed, ctx.scale = inputs
+    ctx.save_for_backward(q, k, v, allowed)
+
+
+def _attention_core_grads(ctx, grad):
+    q, k, v, allowed = ctx.saved_tensors
+    return *attention_core_backward(q, k, v, allowed, ctx.scale, grad), None, None
+
+
+attention_core.register_autograd(_attention_core_grads, setup_context=_save_attention_inputs)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention. With lsa_tokens=L (the sequence length) it is Locality
     Self-Attention (Lee et al. 2021, ViTs on small datasets): no token attends to itself, whose own
@@ -387,12 +449,12 @@ class Attention(nn.Module):
     def forward(self, x):
         batch, length, dim = x.shape
         qkv = self.qkv(x).reshape(batch, length, 3, self.num_heads, dim // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, L, head_dim) each
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).contiguous().unbind(0)  # (B, heads, L, head_dim) each
         if self.log_temperature is None:
-            x = F.scaled_dot_product_attention(q, k, v)
+            x = attention_core(q, k, v, None, q.shape[-1] ** -0.5)
         else:
             q = q * torch.exp(-self.log_temperature).to(q.dtype)
-            x = F.scaled_dot_product_attention(q, k, v, attn_mask=self.not_self, scale=1.0)
+            x = attention_core(q, k, v, self.not_self, 1.0)
         return self.proj(x.transpose(1, 2).reshape(batch, length, dim))
 
 

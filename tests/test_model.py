@@ -134,6 +134,41 @@ def test_locality_self_attention_never_attends_to_the_token_itself(locality):
     assert torch.allclose(attn(x), expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("masked", [False, True])
+def test_attention_core_equals_sdpa_in_value_and_gradient(masked):
+    # the opaque op that torch.compile calls instead of SDPA: its forward is SDPA, its backward is
+    # hand-written, so both are held to autograd through F.scaled_dot_product_attention
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    allowed = ~torch.eye(7, dtype=torch.bool) if masked else None
+    scale = 0.3
+    out = vm.attention_core(q, k, v, allowed, scale)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale)
+    assert torch.allclose(out, expected, atol=1e-12)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, (q, k, v), grad)
+    want = torch.autograd.grad(expected, (q, k, v), grad)
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-10)
+    assert torch.autograd.gradcheck(lambda *qkv: vm.attention_core(*qkv, allowed, scale), (q, k, v))
+
+
+def test_attention_core_backward_runs_in_fp32_under_autocast():
+    # bf16 inputs, fp32 arithmetic: the gradients must match the fp32 computation rounded once to bf16
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 16, 8) for _ in range(3))
+    grad = torch.randn(2, 3, 16, 8)
+    low = [t.bfloat16().requires_grad_() for t in (q, k, v)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = vm.attention_core(*low, None, 8 ** -0.5)
+    out.backward(grad.bfloat16())
+    exact = [t.bfloat16().float().requires_grad_() for t in (q, k, v)]
+    torch.autograd.backward(vm.attention_core(*exact, None, 8 ** -0.5), grad.bfloat16().float())
+    for a, b in zip(low, exact):
+        assert a.grad.dtype == torch.bfloat16
+        assert torch.equal(a.grad, b.grad.bfloat16())
+
+
 def test_locality_self_attention_starts_at_the_usual_scale_and_learns_its_temperature():
     torch.manual_seed(0)
     model = create_model("tiny", depth=2, embed_dim=32, num_heads=2, block_type="attention", attn_lsa=True)

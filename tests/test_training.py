@@ -271,14 +271,14 @@ def test_plateau_schedule_trains_and_resumes(tmp_path):
 
 
 def test_partial_compile_trains_like_eager_and_is_logged(tmp_path, capsys):
-    # regional compiles attention and MLP in place (SSM eager); all_but_attention compiles the model
-    # with the attention run eagerly. Either way: same training, same checkpoint keys (no
+    # regional compiles attention and MLP in place (SSM eager); on (auto's choice on CUDA) compiles the
+    # whole model, attention's core an opaque op. Either way: same training, same checkpoint keys (no
     # "_orig_mod." prefix), recorded in the log
     eager = tmp_path / "eager"
     assert train_vision_mamba.main(train_args(eager, epochs=1)) == 0
     assert read_log(eager)["compile_mode"] == "off"
     a = final_weights(eager)
-    for mode in ("regional", "all_but_attention"):
+    for mode in ("regional", "on"):
         assert train_vision_mamba.main(train_args(tmp_path / mode, "--set", f"training.compile={mode}", epochs=1)) == 0
         log = read_log(tmp_path / mode)
         assert log["compiled"] is True and log["compile_mode"] == mode and log["first_step_s"] > 0
@@ -354,9 +354,9 @@ def test_cudagraphs_only_for_compiled_single_process_cuda_training():
     assert config.training.cudagraphs and config.training.compile == "off"
 
 
-def test_compile_auto_leaves_attention_eager_on_cuda_and_compiles_nothing_on_cpu():
+def test_compile_auto_compiles_the_whole_model_on_cuda_and_nothing_on_cpu():
     resolve = train_vision_mamba.resolve_compile_mode
-    assert resolve("auto", torch.device("cuda", 0)) == "all_but_attention"
+    assert resolve("auto", torch.device("cuda", 0)) == "on"
     assert resolve("auto", torch.device("cpu")) == "off"
     assert resolve("on", torch.device("cpu")) == "on" and resolve("off", torch.device("cuda")) == "off"
 
@@ -369,7 +369,7 @@ def test_compile_failure_falls_back_to_eager_under_auto_and_is_one_line_otherwis
     monkeypatch.setattr(torch._inductor.compile_fx, "compile_fx", no_compiler)
     # auto as it resolves on CUDA, so the CPU run meets the same failure a GPU machine without a compiler would
     monkeypatch.setattr(train_vision_mamba, "resolve_compile_mode",
-                        lambda mode, device: "all_but_attention" if mode == "auto" else mode)
+                        lambda mode, device: "on" if mode == "auto" else mode)
     torch._dynamo.reset()  # no graph compiled by an earlier test may be reused
     assert train_vision_mamba.main(train_args(tmp_path / "auto", "--set", "logging.progress_bar=false", epochs=1)) == 0
     assert read_log(tmp_path / "auto")["compile_mode"] == "off"
@@ -377,7 +377,7 @@ def test_compile_failure_falls_back_to_eager_under_auto_and_is_one_line_otherwis
     assert "torch.compile does not work here (RuntimeError: no working C compiler); training without it" in out.out
     assert "Traceback" not in out.err
     torch._dynamo.reset()
-    code = train_vision_mamba.main(train_args(tmp_path / "named", "--set", "training.compile=all_but_attention", epochs=1))
+    code = train_vision_mamba.main(train_args(tmp_path / "named", "--set", "training.compile=on", epochs=1))
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "torch.compile failed (RuntimeError: no working C compiler)" in err[0]
     assert "--set training.compile=off" in err[0]
