@@ -218,7 +218,7 @@ def main():
                         help="the preset whose model, augmentation and step are timed, on random data of its dataset's shape")
     parser.add_argument("--num_images", type=int, default=50_000)
     parser.add_argument("--compile", choices=COMPILE_MODES, default=None,
-                        help="as training.compile (default: the preset's; auto is all_but_attention on CUDA, off on the CPU)")
+                        help="as training.compile (default: the preset's; auto is on (the whole model) on CUDA, off on the CPU)")
     parser.add_argument("--cudagraphs", action=argparse.BooleanOptionalAction, default=None,
                         help="as training.cudagraphs: the compiled graphs replayed as CUDA graphs (CUDA only; "
                              "default: the preset's, on for cifar10 and cifar100)")

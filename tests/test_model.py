@@ -151,6 +151,9 @@ def test_attention_core_equals_sdpa_in_value_and_gradient(masked):
     for a, b in zip(got, want):
         assert torch.allclose(a, b, atol=1e-10)
     assert torch.autograd.gradcheck(lambda *qkv: vm.attention_core(*qkv, allowed, scale), (q, k, v))
+    import torch._dynamo as dynamo  # compiled, the op stays one opaque call: no graph break around it
+    attn = vm.Attention(8, num_heads=2, lsa_tokens=7 if masked else None)
+    assert dynamo.explain(attn)(torch.randn(2, 7, 8)).graph_break_count == 0
 
 
 def test_attention_core_backward_runs_in_fp32_under_autocast():
