@@ -386,10 +386,15 @@ def _(q, k, v, allowed, scale):
     return q.new_empty(q.shape)
 
 
+# The backward's (B, heads, rows, L) fp32 blocks are formed for as many query rows at a time as fit
+# in this many bytes: all rows at once for the presets (50 MiB at B=1024, L=64), while 224x224
+# images at patch 4 (L=3136) would otherwise need ~15 GiB per block where SDPA's kernels need none.
+ATTENTION_BACKWARD_BLOCK_BYTES = 256 * 2**20
+
+
 def attention_probabilities(q, k, allowed, scale):
-    """softmax(q k^T * scale) over the allowed keys, in fp32 (fp64 if q is)."""
-    exact = torch.promote_types(q.dtype, torch.float32)
-    scores = (q.to(exact) @ k.to(exact).transpose(-2, -1)) * scale  # (B, heads, L, L)
+    """softmax(q k^T * scale) over the allowed keys, in q's dtype: (B, heads, rows of q, L)."""
+    scores = (q @ k.transpose(-2, -1)) * scale
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))
     return scores.softmax(-1)
@@ -399,14 +404,23 @@ def attention_probabilities(q, k, allowed, scale):
 def attention_core_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: Optional[torch.Tensor],
                             scale: float, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients in fp32 (fp64 if q is) from the recomputed probabilities P: dV = P^T g, dP = g V^T, and through
-    the softmax dS = P * (dP - rowsum(dP * P)) * scale, then dQ = dS K, dK = dS^T Q."""
+    the softmax dS = P * (dP - rowsum(dP * P)) * scale, then dQ = dS K, dK = dS^T Q. A block of query rows
+    at a time: each row's softmax needs only its own scores; dK and dV sum over the blocks."""
+    exact = torch.promote_types(q.dtype, torch.float32)
+    batch, heads, length, _ = q.shape
+    rows = max(1, ATTENTION_BACKWARD_BLOCK_BYTES // (batch * heads * k.shape[-2] * exact.itemsize))
     with _autocast_off(q.device):
-        p = attention_probabilities(q, k, allowed, scale)
-        g = grad.to(p.dtype)
-        grad_v = p.transpose(-2, -1) @ g
-        grad_p = g @ v.to(p.dtype).transpose(-2, -1)
-        grad_s = p * (grad_p - (grad_p * p).sum(-1, keepdim=True)) * scale
-        grad_q, grad_k = grad_s @ k.to(p.dtype), grad_s.transpose(-2, -1) @ q.to(p.dtype)
+        qx, kx, vx, gx = (t.to(exact) for t in (q, k, v, grad))
+        grad_q, grad_k, grad_v = torch.empty_like(qx), torch.zeros_like(kx), torch.zeros_like(vx)
+        for start in range(0, length, rows):
+            block = slice(start, start + rows)
+            p = attention_probabilities(qx[:, :, block], kx, None if allowed is None else allowed[block], scale)
+            g = gx[:, :, block]
+            grad_v += p.transpose(-2, -1) @ g
+            grad_p = g @ vx.transpose(-2, -1)
+            grad_s = p * (grad_p - (grad_p * p).sum(-1, keepdim=True)) * scale
+            grad_q[:, :, block] = grad_s @ kx
+            grad_k += grad_s.transpose(-2, -1) @ qx[:, :, block]
     return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype)
 
 

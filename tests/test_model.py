@@ -156,6 +156,23 @@ def test_attention_core_equals_sdpa_in_value_and_gradient(masked):
     assert dynamo.explain(attn)(torch.randn(2, 7, 8)).graph_break_count == 0
 
 
+def test_attention_core_backward_in_blocks_of_query_rows_equals_all_rows_at_once(monkeypatch):
+    # large L: the backward forms its (B, heads, rows, L) blocks a few query rows at a time; the
+    # gradients must be those of all rows at once (and of SDPA), mask included
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 10, 4, dtype=torch.float64) for _ in range(3))
+    grad = torch.randn(2, 3, 10, 4, dtype=torch.float64)
+    allowed = ~torch.eye(10, dtype=torch.bool)
+    whole = vm.attention_core_backward(q, k, v, allowed, 0.5, grad)
+    monkeypatch.setattr(vm, "ATTENTION_BACKWARD_BLOCK_BYTES", 2 * 3 * 10 * 8 * 3)  # 3 rows a block: 4 blocks
+    blocks = vm.attention_core_backward(q, k, v, allowed, 0.5, grad)
+    qkv = [t.clone().requires_grad_() for t in (q, k, v)]
+    sdpa = torch.autograd.grad(torch.nn.functional.scaled_dot_product_attention(*qkv, attn_mask=allowed, scale=0.5),
+                               qkv, grad)
+    for a, b, c in zip(whole, blocks, sdpa):
+        assert torch.allclose(a, b, atol=1e-12) and torch.allclose(b, c, atol=1e-10)
+
+
 def test_attention_core_backward_runs_in_fp32_under_autocast():
     # bf16 inputs, fp32 arithmetic: the gradients must match the fp32 computation rounded once to bf16
     torch.manual_seed(0)
