@@ -719,9 +719,9 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
 def resolve_compile_mode(mode, device):
     """training.compile=auto: on CUDA the whole model is compiled, attention's core included as an
     opaque op (vision_mamba.attention_core): with inductor seeing into attention, whole-model bf16
-    training went wrong in 6 of 11 runs (5 NaN in sessions 1-2, 1 collapse without NaN in session
-    17, another in session 18); behind the op it trained stably, 11% faster than with eager
-    attention (docs/RESULTS.md). On the CPU compiling costs more than it gives, so eager."""
+    training went wrong in 7 of 12 runs (5 NaN in sessions 1-2, a collapse without NaN in each of
+    sessions 17 and 18); behind the op it trained stably in 5 of 5, 10% faster than with attention
+    run eagerly (docs/RESULTS.md, session 18). On the CPU compiling costs more than it gives."""
     if mode != "auto":
         return mode
     return "on" if device.type == "cuda" else "off"

@@ -369,9 +369,9 @@ class BidirectionalSSM(nn.Module):
 
 # ------------------------------------------------------------------------------------------
 # Attention's core, softmax(q k^T * scale) v, as one op that torch.compile cannot see into. With
-# the plain SDPA call in the graph, whole-model compiled bf16 training went wrong in 6 of 11 runs
-# (5 NaN, 1 collapse without one); behind this op it was stable (docs/RESULTS.md, session 18), and
-# the rest of the model still compiles as one graph, with no break at each attention.
+# the plain SDPA call in the graph, whole-model compiled bf16 training went wrong in 7 of 12 runs
+# (5 NaN, 2 collapses without one); behind this op it was stable in 5 of 5 (docs/RESULTS.md,
+# session 18), and the rest of the model still compiles as one graph, with no break at attention.
 
 
 @torch.library.custom_op("vision_mamba::attention", mutates_args=())
@@ -383,7 +383,7 @@ def attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: O
 
 @attention_core.register_fake
 def _(q, k, v, allowed, scale):
-    return q.new_empty(q.shape)
+    return q.new_empty((*q.shape[:-1], v.shape[-1]))
 
 
 # The backward's (B, heads, rows, L) fp32 blocks are formed for as many query rows at a time as fit
@@ -406,11 +406,11 @@ def attention_core_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a
     """Gradients in fp32 (fp64 if q is) from the recomputed probabilities P: dV = P^T g, dP = g V^T, and through
     the softmax dS = P * (dP - rowsum(dP * P)) * scale, then dQ = dS K, dK = dS^T Q. A block of query rows
     at a time: each row's softmax needs only its own scores; dK and dV sum over the blocks."""
-    exact = torch.promote_types(q.dtype, torch.float32)
+    compute_dtype = torch.promote_types(q.dtype, torch.float32)
     batch, heads, length, _ = q.shape
-    rows = max(1, ATTENTION_BACKWARD_BLOCK_BYTES // (batch * heads * k.shape[-2] * exact.itemsize))
+    rows = max(1, ATTENTION_BACKWARD_BLOCK_BYTES // (batch * heads * k.shape[-2] * compute_dtype.itemsize))
     with _autocast_off(q.device):
-        qx, kx, vx, gx = (t.to(exact) for t in (q, k, v, grad))
+        qx, kx, vx, gx = (t.to(compute_dtype) for t in (q, k, v, grad))
         grad_q, grad_k, grad_v = torch.empty_like(qx), torch.zeros_like(kx), torch.zeros_like(vx)
         for start in range(0, length, rows):
             block = slice(start, start + rows)
