@@ -756,7 +756,7 @@ def compile_model(module, mode, cudagraphs=False):
     on: the whole model through torch.compile, attention's core an opaque op in the graph.
     regional: attention and MLP of every block compiled in place (one graph reused by all blocks),
     SSM layers eager. all_but_attention: the whole model compiled with the attention layers run
-    eagerly (a graph break each), the default of sessions 3-17 (docs/RESULTS.md).
+    eagerly (a graph break each), the default of sessions 4-17 (docs/RESULTS.md).
     """
     if mode == "off":
         return module
