@@ -162,8 +162,8 @@ def scan_forward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: torc
     A, D = A.float().contiguous(), D.float().contiguous()
     _, length, groups, inner = u.shape
     y = torch.empty(u.shape, dtype=torch.float32, device=u.device)
-    _scan_fwd_kernel[_grid(u, BLOCK_E)](u, delta, A, Bm, Cm, D, y, length, groups, inner, N=A.shape[-1], BLOCK_E=BLOCK_E,
-                                      STAGES=STAGES, num_warps=NUM_WARPS)
+    _scan_fwd_kernel[_grid(u, BLOCK_E)](u, delta, A, Bm, Cm, D, y, length, groups, inner, N=A.shape[-1],
+                                        BLOCK_E=BLOCK_E, STAGES=STAGES, num_warps=NUM_WARPS)
     return y
 
 

@@ -378,7 +378,9 @@ class BidirectionalSSM(nn.Module):
 def attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: Optional[torch.Tensor],
                    scale: float) -> torch.Tensor:
     """q, k, v: (B, heads, L, head_dim); allowed: (L, L) bool, where a token may attend, or None."""
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale).contiguous()  # SDPA's fused kernel
+    # SDPA's fused kernel; contiguous, as the fake below promises: compiled graphs lay out what follows
+    # from the fake's strides, and SDPA may return a transposed view
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale).contiguous()
 
 
 @attention_core.register_fake
@@ -463,6 +465,8 @@ class Attention(nn.Module):
     def forward(self, x):
         batch, length, dim = x.shape
         qkv = self.qkv(x).reshape(batch, length, 3, self.num_heads, dim // self.num_heads)
+        # one copy into (3, B, heads, L, head_dim): the op saves q, k, v for its backward, whose matmuls then
+        # read plain rows (the layout measured on the H200, docs/RESULTS.md session 18)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).contiguous().unbind(0)  # (B, heads, L, head_dim) each
         if self.log_temperature is None:
             x = attention_core(q, k, v, None, q.shape[-1] ** -0.5)
