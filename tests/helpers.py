@@ -23,6 +23,18 @@ def run_script(script, args, timeout=300, env=None, cwd=ROOT):
                           timeout=timeout, cwd=cwd, env={**os.environ, **(env or {})})
 
 
+def run_main(main, args, capsys):
+    """Call a script's main() in this interpreter (a fresh one costs seconds of imports) and return what
+    run_script would: the exit code, whether returned or raised by argparse, and the captured output."""
+    capsys.readouterr()
+    try:
+        code = main(args)
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+
 def read_log(output_dir, name="vision_mamba_digits"):
     with open(os.path.join(output_dir, "logs", name, "training_log.json")) as f:
         return json.load(f)

@@ -8,7 +8,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import train_vision_mamba
 from config import apply_overrides, load_config
 from data_pipeline import DATASET_INFO
-from helpers import assert_one_line_error, assert_png, final_weights, read_log, run_script, train_args
+from helpers import assert_one_line_error, assert_png, final_weights, read_log, run_main, run_script, train_args
 from vision_mamba import VisionMamba, create_model
 
 EPOCH_KEYS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time", "img_per_s"}
@@ -101,18 +101,18 @@ def test_resume_with_more_epochs_continues_the_longer_schedule(tmp_path, capsys)
     assert len(lrs) == 4 and lrs[2:] == [row["lr"] for row in read_log(longer)["epochs"]][2:]
 
 
-def test_resume_refuses_a_changed_plateau_schedule_and_a_changed_batch_size(tmp_path):
+def test_resume_refuses_a_changed_plateau_schedule_and_a_changed_batch_size(tmp_path, capsys):
     args = train_args(tmp_path, "--set", "training.scheduler=plateau", epochs=1)
     assert train_vision_mamba.main(args) == 0
-    result = run_script("train_vision_mamba.py", train_args(tmp_path, "--set", "training.scheduler=plateau", "--resume", "auto",
-                                                            epochs=3))
+    result = run_main(train_vision_mamba.main, train_args(tmp_path, "--set", "training.scheduler=plateau", "--resume", "auto",
+                                                          epochs=3), capsys)
     assert_one_line_error(result, "training.epochs changed since the checkpoint", "plateau")
-    result = run_script("train_vision_mamba.py", train_args(tmp_path, "--set", "training.scheduler=plateau", "--resume", "auto",
-                                                            "--batch_size", "16", epochs=1))
+    result = run_main(train_vision_mamba.main, train_args(tmp_path, "--set", "training.scheduler=plateau", "--resume", "auto",
+                                                          "--batch_size", "16", epochs=1), capsys)
     assert_one_line_error(result, "data.batch_size 16 differs from the checkpoint's 32")
 
 
-def test_resume_refuses_a_changed_architecture_but_takes_new_regularisation(tmp_path):
+def test_resume_refuses_a_changed_architecture_but_takes_new_regularisation(tmp_path, capsys):
     assert train_vision_mamba.main(train_args(tmp_path, epochs=1)) == 0
     last = tmp_path / "checkpoints" / "vision_mamba_digits" / "last_checkpoint.pth"
     before = last.read_bytes()
@@ -122,7 +122,8 @@ def test_resume_refuses_a_changed_architecture_but_takes_new_regularisation(tmp_
                             (["--set", "data.img_size=16"], "data.img_size 16 differs from the checkpoint's 8")]:
         with pytest.raises(train_vision_mamba.ConfigError, match=message):
             train_vision_mamba.prepare(train_args(tmp_path, "--resume", "auto", *change, epochs=2))
-    result = run_script("train_vision_mamba.py", train_args(tmp_path, "--resume", "auto", "--set", "model.embed_dim=48", epochs=2))
+    result = run_main(train_vision_mamba.main, train_args(tmp_path, "--resume", "auto", "--set", "model.embed_dim=48", epochs=2),
+                      capsys)
     assert_one_line_error(result, "model.embed_dim 48 differs from the checkpoint's 32", "start a new run")
     assert last.read_bytes() == before
     # the size table's own value, the native image size and a new drop path change no parameter
@@ -161,9 +162,19 @@ def test_early_stopping_stops_and_keeps_the_best(tmp_path):
     (["--set", "model.patch_size=3"], ["img_size 8 is not divisible by patch_size 3", "model.patch_size"]),
     (["--set", "model.stem=conv3", "--set", "model.patch_size=1"], ["patch_size must be even", "model.patch_size"]),
 ])
-def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, fragments):
-    result = run_script("train_vision_mamba.py", ["--output_dir", str(tmp_path / "out"), *args], timeout=120)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, fragments, capsys):
+    result = run_main(train_vision_mamba.main, ["--output_dir", str(tmp_path / "out"), *args], capsys)
     assert_one_line_error(result, *fragments)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args,fragment", [(["--config", "nope"], "unknown config 'nope'"),
+                                           (["--epochs", "ten"], "invalid int")])
+def test_the_script_itself_exits_2_with_one_line(tmp_path, args, fragment):
+    # the cases above call main() in this interpreter; here the real entry point, one case from
+    # the config checks and one from argparse
+    result = run_script("train_vision_mamba.py", ["--output_dir", str(tmp_path / "out"), *args], timeout=120)
+    assert_one_line_error(result, fragment)
     assert not (tmp_path / "out").exists()
 
 
@@ -218,16 +229,16 @@ def test_divergence_report_names_the_first_module_with_non_finite_output():
                                                                                    torch.device("cpu"), None)
 
 
-def test_missing_data_writes_nothing_and_overwrite_keeps_the_old_run(digits_run, tmp_path):
-    result = run_script("train_vision_mamba.py", ["--config", "cifar10", "--data_dir", str(tmp_path / "nodata"),
-                                                  "--set", "data.download=false", "--output_dir", str(tmp_path / "out")])
+def test_missing_data_writes_nothing_and_overwrite_keeps_the_old_run(digits_run, tmp_path, capsys):
+    result = run_main(train_vision_mamba.main, ["--config", "cifar10", "--data_dir", str(tmp_path / "nodata"),
+                                                "--set", "data.download=false", "--output_dir", str(tmp_path / "out")], capsys)
     assert_one_line_error(result, "CIFAR10 not found", "cifar-10-python.tar.gz")
     assert not (tmp_path / "out").exists()
     # --overwrite of an existing experiment whose new run cannot start leaves the old outputs alone
     out = tmp_path / "copy"
     shutil.copytree(digits_run, out)
     before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
-    result = run_script("train_vision_mamba.py", train_args(out, "--overwrite", "--set", "data.batch_size=100000"))
+    result = run_main(train_vision_mamba.main, train_args(out, "--overwrite", "--set", "data.batch_size=100000"), capsys)
     assert_one_line_error(result, "data.batch_size 100000 is larger than the training split")
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
 
