@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from data_pipeline import DATASET_INFO
-from helpers import ROOT, SMALL, run_script
+from helpers import ROOT, SMALL, run_main, run_script
 
 
 def test_bench_model_runs_and_writes_rows(tmp_path):
@@ -79,8 +79,16 @@ def test_scan_kernel_tuner_checks_every_launch_variant(tmp_path):
     assert all(r["agrees"] and r["fwd_ms"] > 0 and r["bwd_ms"] > 0 for r in rows)
 
 
-def test_bench_train_rejects_an_unknown_block_type_in_a_pattern():
-    result = run_script("benchmarks/bench_train.py", ["--block_types", "ssm,mamba"])
+def run_benchmark_main(script, args, monkeypatch, capsys):
+    """A benchmark script's main() in this interpreter, its command line in sys.argv (a refusal
+    needs no fresh interpreter's seconds of imports)."""
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    monkeypatch.setattr("sys.argv", [f"{script}.py", *args])
+    return run_main(lambda _: __import__(script).main(), args, capsys)
+
+
+def test_bench_train_rejects_an_unknown_block_type_in_a_pattern(monkeypatch, capsys):
+    result = run_benchmark_main("bench_train", ["--block_types", "ssm,mamba"], monkeypatch, capsys)
     assert result.returncode == 2 and "'mamba' is not one of hybrid, ssm, attention" in result.stderr
 
 
@@ -103,9 +111,10 @@ def test_run_seeds_trains_each_seed_and_reports_mean_and_spread(tmp_path):
     assert all(row["shared_device"] for row in summary["runs"])
 
 
-def test_run_seeds_refuses_a_bad_config_and_reports_a_failed_run_and_an_unwritable_folder(tmp_path):
+def test_run_seeds_refuses_a_bad_config_and_reports_a_failed_run_and_an_unwritable_folder(tmp_path, monkeypatch, capsys):
     out = tmp_path / "seeds"
-    result = run_script("benchmarks/run_seeds.py", ["--seeds", "7", "--output_dir", str(out), "--", "--set", "model.depth=0"])
+    result = run_benchmark_main("run_seeds", ["--seeds", "7", "--output_dir", str(out), "--", "--set", "model.depth=0"],
+                                monkeypatch, capsys)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "model.depth" in result.stderr
     assert not out.exists()
     # a run that fails only once it starts (its data is missing) is reported in the table
@@ -118,7 +127,7 @@ def test_run_seeds_refuses_a_bad_config_and_reports_a_failed_run_and_an_unwritab
     assert "CIFAR10 not found" in (out / "seed7.txt").read_text()
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    result = run_script("benchmarks/run_seeds.py", ["--output_dir", str(blocker / "sub")])
+    result = run_benchmark_main("run_seeds", ["--output_dir", str(blocker / "sub")], monkeypatch, capsys)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "cannot write to --output_dir" in result.stderr
 
 
@@ -191,8 +200,8 @@ def test_bench_model_cudagraphs_compile_for_replay_and_mark_every_step(monkeypat
         assert len(marks) == (3 if cudagraphs else 0)  # the first (compiling) step and the two timed ones
 
 
-def test_bench_model_refuses_cudagraphs_without_compile():
-    result = run_script("benchmarks/bench_model.py", ["--device", "cpu", "--skip_scan", "--cudagraphs"])
+def test_bench_model_refuses_cudagraphs_without_compile(monkeypatch, capsys):
+    result = run_benchmark_main("bench_model", ["--device", "cpu", "--skip_scan", "--cudagraphs"], monkeypatch, capsys)
     assert result.returncode == 2 and "--cudagraphs replays compiled graphs: add --compile" in result.stderr
 
 

@@ -14,7 +14,7 @@ import checkpoints
 import evaluate_model
 import train_vision_mamba
 from checkpoints import CheckpointError, find_latest_checkpoint, load_checkpoint, save_checkpoint
-from helpers import ROOT, SMALL, final_weights, read_log, run_script, train_args
+from helpers import ROOT, SMALL, final_weights, read_log, run_main, run_script, train_args
 
 EPOCHS = 4
 
@@ -48,7 +48,7 @@ def assert_same_result(out, baseline):
 
 
 @pytest.mark.parametrize("sig,extra_delay", [(signal.SIGTERM, 0.0), (signal.SIGTERM, None), (signal.SIGKILL, 0.3), (signal.SIGKILL, None)])
-def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, baseline, sig, extra_delay):
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, baseline, sig, extra_delay, capsys):
     delay = extra_delay if extra_delay is not None else random.Random(int(sig) * 7).uniform(0.2, 2.0)
     proc = start_training(tmp_path)
     wait_until_training(tmp_path, proc)
@@ -63,7 +63,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, baseline, sig,
         assert state["step_in_epoch"] > 0 or state["epoch"] > 0
     else:
         assert proc.returncode in (0, -int(sig)), (proc.returncode, err[-1500:])
-    resumed = run_script("train_vision_mamba.py", train_args(tmp_path, "--resume", "auto", epochs=EPOCHS))
+    # resumed in this interpreter, where the baseline ran: the killed process must not matter
+    resumed = run_main(train_vision_mamba.main, train_args(tmp_path, "--resume", "auto", epochs=EPOCHS), capsys)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert not [n for n in os.listdir(tmp_path / "checkpoints" / "vision_mamba_digits") if n.startswith(".")]
     assert_same_result(tmp_path, baseline)
