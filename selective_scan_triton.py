@@ -65,21 +65,26 @@ def _token_inputs(u_ptr, delta_ptr, B_ptr, row, valid, E, e, n, mask_e, N: tl.co
 
 
 @triton.jit
-def _advance(h, A, u_ptr, delta_ptr, B_ptr, b, g, t, L, G, E, e, n, mask_e, N: tl.constexpr):
-    """The state after token t from the state before it; tokens past the end leave it unchanged."""
-    u, dt, Bt = _token_inputs(u_ptr, delta_ptr, B_ptr, (b * L + t) * G + g, t < L, E, e, n, mask_e, N)
+def _step(h, A, u, dt, Bt):
+    """The state after a token from the state before it (a token past the end, all zeros, keeps it)."""
     return tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bt[None, :]
 
 
 @triton.jit
-def _adjoint_step(h_t, g_h, g_A, g_D, A, D, u_ptr, delta_ptr, B_ptr, C_ptr, gy_ptr, gu_ptr, gdelta_ptr,
+def _advance(h, A, u_ptr, delta_ptr, B_ptr, b, g, t, L, G, E, e, n, mask_e, N: tl.constexpr):
+    """The state after token t from the state before it."""
+    u, dt, Bt = _token_inputs(u_ptr, delta_ptr, B_ptr, (b * L + t) * G + g, t < L, E, e, n, mask_e, N)
+    return _step(h, A, u, dt, Bt)
+
+
+@triton.jit
+def _adjoint_step(h_t, u, dt, Bt, g_h, g_A, g_D, A, D, C_ptr, gy_ptr, gu_ptr, gdelta_ptr,
                   gB_ptr, gC_ptr, partial_rows, b, g, t, L, G, E, e, n, mask_e, N: tl.constexpr):
-    """Token t of the reverse pass, given its state h_t: writes the token's gradients, adds to the
-    g_A and g_D sums, and carries g_h back to token t - 1."""
+    """Token t of the reverse pass, given its state h_t and inputs u, dt, Bt: writes the token's
+    gradients, adds to the g_A and g_D sums, and carries g_h back to token t - 1."""
     row = (b * L + t) * G + g
     valid = t < L
     mask_n = (n >= 0) & valid
-    u, dt, Bt = _token_inputs(u_ptr, delta_ptr, B_ptr, row, valid, E, e, n, mask_e, N)
     Ct = tl.load(C_ptr + row * N + n, mask=mask_n, other=0.0).to(tl.float32)
     gy = tl.load(gy_ptr + row * E + e, mask=mask_e & valid, other=0.0).to(tl.float32)
     g_h += Ct[None, :] * gy[:, None]
@@ -112,10 +117,11 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, gy_ptr, ckpt_
     ckpt_rows = pid_bg * chunks  # this sequence's (chunks, E, N) checkpoints
 
     h = tl.zeros((BLOCK_E, N), dtype=tl.float32)
-    for c in tl.range(0, chunks, num_stages=STAGES):  # forward: the state before each chunk
+    for c in tl.range(0, chunks - 1, num_stages=STAGES):  # forward: the state before each chunk
         tl.store(ckpt_ptr + ((ckpt_rows + c) * E + e)[:, None] * N + n[None, :], h, mask=mask_en)
         for k in tl.static_range(CHUNK):
             h = _advance(h, A, u_ptr, delta_ptr, B_ptr, b, g, c * CHUNK + k, L, G, E, e, n, mask_e, N)
+    tl.store(ckpt_ptr + ((ckpt_rows + chunks - 1) * E + e)[:, None] * N + n[None, :], h, mask=mask_en)  # the last chunk's
 
     g_h = tl.zeros((BLOCK_E, N), dtype=tl.float32)  # dL/dh[t], carried backwards
     g_A = tl.zeros((BLOCK_E, N), dtype=tl.float32)
@@ -125,17 +131,22 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, gy_ptr, ckpt_
         c = chunks - 1 - i
         t0 = c * CHUNK
         h0 = tl.load(ckpt_ptr + ((ckpt_rows + c) * E + e)[:, None] * N + n[None, :], mask=mask_en, other=0.0)
-        h1 = _advance(h0, A, u_ptr, delta_ptr, B_ptr, b, g, t0, L, G, E, e, n, mask_e, N)
-        h2 = _advance(h1, A, u_ptr, delta_ptr, B_ptr, b, g, t0 + 1, L, G, E, e, n, mask_e, N)
-        h3 = _advance(h2, A, u_ptr, delta_ptr, B_ptr, b, g, t0 + 2, L, G, E, e, n, mask_e, N)
-        h4 = _advance(h3, A, u_ptr, delta_ptr, B_ptr, b, g, t0 + 3, L, G, E, e, n, mask_e, N)
-        g_h, g_A, g_D = _adjoint_step(h4, g_h, g_A, g_D, A, D, u_ptr, delta_ptr, B_ptr, C_ptr, gy_ptr, gu_ptr,
+        # each token's inputs loaded once, for its state's recomputation and for its adjoint step
+        u0, dt0, B0 = _token_inputs(u_ptr, delta_ptr, B_ptr, (b * L + t0) * G + g, t0 < L, E, e, n, mask_e, N)
+        u1, dt1, B1 = _token_inputs(u_ptr, delta_ptr, B_ptr, (b * L + t0 + 1) * G + g, t0 + 1 < L, E, e, n, mask_e, N)
+        u2, dt2, B2 = _token_inputs(u_ptr, delta_ptr, B_ptr, (b * L + t0 + 2) * G + g, t0 + 2 < L, E, e, n, mask_e, N)
+        u3, dt3, B3 = _token_inputs(u_ptr, delta_ptr, B_ptr, (b * L + t0 + 3) * G + g, t0 + 3 < L, E, e, n, mask_e, N)
+        h1 = _step(h0, A, u0, dt0, B0)
+        h2 = _step(h1, A, u1, dt1, B1)
+        h3 = _step(h2, A, u2, dt2, B2)
+        h4 = _step(h3, A, u3, dt3, B3)
+        g_h, g_A, g_D = _adjoint_step(h4, u3, dt3, B3, g_h, g_A, g_D, A, D, C_ptr, gy_ptr, gu_ptr,
                                       gdelta_ptr, gB_ptr, gC_ptr, partial_rows, b, g, t0 + 3, L, G, E, e, n, mask_e, N)
-        g_h, g_A, g_D = _adjoint_step(h3, g_h, g_A, g_D, A, D, u_ptr, delta_ptr, B_ptr, C_ptr, gy_ptr, gu_ptr,
+        g_h, g_A, g_D = _adjoint_step(h3, u2, dt2, B2, g_h, g_A, g_D, A, D, C_ptr, gy_ptr, gu_ptr,
                                       gdelta_ptr, gB_ptr, gC_ptr, partial_rows, b, g, t0 + 2, L, G, E, e, n, mask_e, N)
-        g_h, g_A, g_D = _adjoint_step(h2, g_h, g_A, g_D, A, D, u_ptr, delta_ptr, B_ptr, C_ptr, gy_ptr, gu_ptr,
+        g_h, g_A, g_D = _adjoint_step(h2, u1, dt1, B1, g_h, g_A, g_D, A, D, C_ptr, gy_ptr, gu_ptr,
                                       gdelta_ptr, gB_ptr, gC_ptr, partial_rows, b, g, t0 + 1, L, G, E, e, n, mask_e, N)
-        g_h, g_A, g_D = _adjoint_step(h1, g_h, g_A, g_D, A, D, u_ptr, delta_ptr, B_ptr, C_ptr, gy_ptr, gu_ptr,
+        g_h, g_A, g_D = _adjoint_step(h1, u0, dt0, B0, g_h, g_A, g_D, A, D, C_ptr, gy_ptr, gu_ptr,
                                       gdelta_ptr, gB_ptr, gC_ptr, partial_rows, b, g, t0, L, G, E, e, n, mask_e, N)
     tl.store(gA_ptr + (pid_bg * E + e)[:, None] * N + n[None, :], g_A, mask=mask_en)  # (b, g, e, n)
     tl.store(gD_ptr + pid_bg * E + e, g_D, mask=mask_e)
