@@ -1,4 +1,5 @@
 """The benchmark scripts run on the CPU (CI has no GPU) and write well-formed JSON rows."""
+import importlib
 import json
 import os
 import statistics
@@ -84,7 +85,8 @@ def run_benchmark_main(script, args, monkeypatch, capsys):
     needs no fresh interpreter's seconds of imports)."""
     monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
     monkeypatch.setattr("sys.argv", [f"{script}.py", *args])
-    return run_main(lambda _: __import__(script).main(), args, capsys)
+    module = importlib.import_module(script)
+    return run_main(lambda _: module.main(), args, capsys)
 
 
 def test_bench_train_rejects_an_unknown_block_type_in_a_pattern(monkeypatch, capsys):
