@@ -50,7 +50,7 @@ def _scan_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr, L, G, 
         dt = tl.load(delta_ptr + row * E + e, mask=mask_e, other=0.0).to(tl.float32)
         Bt = tl.load(B_ptr + row * N + n).to(tl.float32)
         Ct = tl.load(C_ptr + row * N + n).to(tl.float32)
-        h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bt[None, :]
+        h = _step(h, A, u, dt, Bt)
         y = tl.sum(h * Ct[None, :], axis=1) + D * u
         tl.store(y_ptr + row * E + e, y, mask=mask_e)
 
