@@ -8,6 +8,7 @@ import os
 import pickle
 import re
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -20,6 +21,15 @@ class CheckpointError(RuntimeError):
     """An unreadable, unsafe or incompatible checkpoint, worded for the user (one line)."""
 
 
+class OutputWriteError(OSError):
+    """A checkpoint, log, figure or report that could not be written (a full disk, a folder made
+    read-only); str() is one line for the user."""
+
+    def __str__(self):
+        return (f"cannot write {self.filename}: {self.strerror}; free disk space or choose another --output_dir "
+                "(files written before are intact)")
+
+
 def replace_atomically(path, create):
     """create(tmp) makes a complete file at a temporary path beside path, which is then renamed
     over path: a crash at any moment leaves either the old file or the new one, never a torn one."""
@@ -28,6 +38,8 @@ def replace_atomically(path, create):
     try:
         create(tmp)
         os.replace(tmp, path)
+    except OSError as e:  # named by the file the user asked for, not by its temporary twin
+        raise OutputWriteError(e.errno, e.strerror or str(e), path) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -50,6 +62,63 @@ def atomic_write(path, write):
 
 def save_checkpoint(state, path):
     atomic_write(path, lambda f: torch.save(state, f))
+
+
+def to_host(state):
+    """A copy of state whose tensors are on the CPU and share no memory with the originals, so
+    training can go on changing its weights while the copy is written."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        return {key: to_host(value) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(to_host(value) for value in state)
+    return state
+
+
+class CheckpointWriter:
+    """Writes checkpoints on a background thread, so that the training loop does not wait for the
+    disk (serialising and fsyncing the cifar10 preset's 77 MB takes 0.1-0.25 s, an epoch about 1 s
+    on an H200). save() copies the state to host memory at once; the writes, links and removals
+    then run one at a time in the order asked. A failed write is raised by the next call, or on
+    leaving the with-block, which waits for every pending write: files are then complete."""
+
+    def __init__(self):
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
+        self._pending = []
+
+    def save(self, state, path):
+        self.wait()  # one snapshot in host memory at a time; a write is shorter than an epoch
+        self.submit(save_checkpoint, to_host(state), path)
+
+    def submit(self, work, *args):
+        """work(*args) after everything submitted before it."""
+        self._raise_failure()
+        self._pending.append(self._pool.submit(work, *args))
+
+    def wait(self):
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def _raise_failure(self):
+        failed = next((f for f in self._pending if f.done() and f.exception() is not None), None)
+        if failed is not None:
+            self.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        try:
+            if exc_type is None:
+                self.wait()
+            else:  # the error in flight is the one to report; still let the writes finish
+                for future in self._pending:
+                    future.exception()
+                self._pending = []
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 def link_checkpoint(source, path):

@@ -14,6 +14,7 @@ Exit codes: 0 done; 1 training diverged (NaN/Inf loss); 2 bad input; 130/143 sto
 SIGINT/SIGTERM after saving a resumable checkpoint.
 """
 import argparse
+import contextlib
 import dataclasses
 import glob
 import hashlib
@@ -38,15 +39,15 @@ from torch.optim import lr_scheduler
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from checkpoints import (FORMAT, CheckpointError, checkpoint_config, evaluation_weights, find_latest_checkpoint,
-                         link_checkpoint, load_checkpoint, save_checkpoint)
+from checkpoints import (FORMAT, CheckpointError, CheckpointWriter, OutputWriteError, checkpoint_config,
+                         evaluation_weights, find_latest_checkpoint, link_checkpoint, load_checkpoint, save_checkpoint)
 from config import ConfigError, apply_overrides, load_config, model_from_config, parse_value
 from data_pipeline import DataError, create_data_loaders, dataset_info, error_line, mix_batch
 from reporting import classification_metrics, plot_confusion_matrix, plot_training_curves, write_json
 from vision_mamba import count_parameters, model_kwargs
 
 TOOLKIT_VERSION = "0.1.0"
-USER_ERRORS = (ConfigError, DataError, CheckpointError)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, OutputWriteError)
 
 
 class UsageError(ValueError):
@@ -545,7 +546,7 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
     if runtime.distributed:
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    cudagraphs = cudagraphs_enabled(t.cudagraphs, compile_mode, device, runtime.distributed)
+    cudagraphs = cudagraphs_enabled(t.cudagraphs, compile_mode, device)
     train_model = compile_model(train_model, compile_mode, cudagraphs)
     eval_module = ema.module if ema is not None else model
     # the evaluation graph (eval mode, no autograd, and for EMA another module) compiles apart from the training one
@@ -585,18 +586,22 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
                 "model_shape": {"num_classes": info.num_classes, "img_size": info.img_size, "in_chans": info.in_chans},
                 "versions": {"torch": str(torch.__version__), "toolkit": TOOLKIT_VERSION}}
 
+    # rank 0 writes every checkpoint; within the epoch loop through a background thread
+    checkpoint_writer = CheckpointWriter() if runtime.main else None
+
     def save(name, state):
         if runtime.main:
-            save_checkpoint(state, os.path.join(paths.checkpoints, name))
+            checkpoint_writer.save(state, os.path.join(paths.checkpoints, name))
 
     def link(source, name):
         if runtime.main:
-            link_checkpoint(os.path.join(paths.checkpoints, source), os.path.join(paths.checkpoints, name))
+            checkpoint_writer.submit(link_checkpoint, os.path.join(paths.checkpoints, source),
+                                 os.path.join(paths.checkpoints, name))
 
     show_bar = config.logging.progress_bar and runtime.main
     check_every = 1 if device.type == "cpu" else config.logging.log_interval
     stop_reason, first_step_s = None, None
-    with StopSignals(console) as signals:
+    with StopSignals(console) as signals, checkpoint_writer or contextlib.nullcontext():
         for epoch in range(start_epoch, t.epochs):
             data.train.set_epoch(epoch)
             train_model.train()
@@ -679,7 +684,7 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
             if config.logging.save_every and (epoch + 1) % config.logging.save_every == 0:
                 link("last_checkpoint.pth", f"checkpoint_epoch_{epoch + 1}.pth")
                 if runtime.main:
-                    _prune_epoch_checkpoints(paths.checkpoints, config.logging.keep_last)
+                    checkpoint_writer.submit(_prune_epoch_checkpoints, paths.checkpoints, config.logging.keep_last)
             if runtime.main:
                 summary.update(best_epoch=best_epoch, best_val=stopper.best, first_step_s=first_step_s,
                                elapsed_s=time.time() - started)
@@ -707,7 +712,8 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
         digests = [None] * runtime.world_size
         dist.all_gather_object(digests, weights_digest(model))
         summary["rank_weight_digests"] = digests
-    save("final_model.pth", checkpoint_state(len(history), 0))
+    if runtime.main:  # every earlier write has finished: the with-block waited for them
+        save_checkpoint(checkpoint_state(len(history), 0), os.path.join(paths.checkpoints, "final_model.pth"))
     if runtime.main:
         _finish(config, paths, summary, history, data.class_names, data, eval_model, eval_module, device, dtype, tta,
                 writer, started, console)
@@ -727,10 +733,11 @@ def resolve_compile_mode(mode, device):
     return "on" if device.type == "cuda" else "off"
 
 
-def cudagraphs_enabled(requested, compile_mode, device, distributed=False):
-    """training.cudagraphs takes effect only on compiled graphs running on CUDA in one process:
-    under DDP (gradient all-reduce hooks inside the recorded backward) it has not been measured."""
-    return requested and compile_mode != "off" and device.type == "cuda" and not distributed
+def cudagraphs_enabled(requested, compile_mode, device):
+    """training.cudagraphs takes effect only on compiled graphs running on CUDA. Under DDP the
+    graphs are the pieces DDP's bucketing cuts the compiled model into; the gradient all-reduce
+    runs eagerly between their backward replays."""
+    return requested and compile_mode != "off" and device.type == "cuda"
 
 
 def compile_problem(device):

@@ -174,7 +174,7 @@ def test_bench_train_asks_for_cuda_graphs_as_the_preset_does_unless_told(monkeyp
     class Asked(Exception):
         pass
 
-    def record(requested, compile_mode, device, distributed=False):
+    def record(requested, compile_mode, device):
         raise Asked(requested)
     monkeypatch.setattr(bench_train, "cudagraphs_enabled", record)
     for config, flags, expected in [("cifar10", [], True), ("mnist", [], False),

@@ -1,4 +1,5 @@
 import csv
+import errno
 import json
 import os
 
@@ -8,7 +9,7 @@ from PIL import Image
 
 import evaluate_model
 import train_vision_mamba
-from helpers import assert_png, run_script, train_args
+from helpers import assert_one_line_error, assert_png, run_main, run_script, train_args
 
 REPORTS = ["metrics.json", "classification_report.txt", "confusion_matrix.png", "confusion_matrix.csv",
            "per_class_accuracy.png", "sample_predictions.png", "misclassified.png"]
@@ -81,6 +82,20 @@ def test_predicting_on_a_folder_of_images(checkpoint, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert evaluate_model.main(["--checkpoint", str(checkpoint), "--images", str(tmp_path / "empty")]) == 2
     assert "holds no image files" in capsys.readouterr().err
+
+
+def test_a_report_that_cannot_be_written_is_one_line(checkpoint, tmp_path, monkeypatch, capsys):
+    out, real_replace = tmp_path / "ev", os.replace
+
+    def read_only_after_two(src, dst):  # the folder turns read-only after two reports
+        if len(os.listdir(out)) >= 3:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), src)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", read_only_after_two)
+    result = run_main(evaluate_model.main, ["--checkpoint", str(checkpoint), "--output_dir", str(out)], capsys)
+    assert_one_line_error(result, "cannot write", str(out), "Read-only file system", "--output_dir")
+    assert len(os.listdir(out)) == 2  # the two written stay whole; no temporary file left
 
 
 def test_evaluate_requires_an_output_dir(checkpoint, capsys):

@@ -122,24 +122,35 @@ def test_compiled_shifted_sum_convs_equal_eager_on_cuda(monkeypatch):
         assert rel_err(p.grad, eager_grads[name]) < 1e-3, name
 
 
-def test_training_through_cuda_graphs_follows_eager_training():
+@pytest.mark.parametrize("ddp", [False, True])
+def test_training_through_cuda_graphs_follows_eager_training(ddp, tmp_path):
     # training.cudagraphs: the compiled graphs recorded once and replayed (their outputs' memory reused
-    # every step) must train as the eager model does, replays included
+    # every step) must train as the eager model does, replays included; under DDP (one NCCL rank here:
+    # torchrun's two are run on the device) the all-reduce hooks fire between the backward's replays
+    import torch.distributed as dist
     from config import get_preset
     from train_vision_mamba import compile_model, make_step_parts, train_step
     t = get_preset("cifar10").training
+    if ddp:
+        dist.init_process_group("nccl", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
     losses = {}
-    for cudagraphs in (False, True):
-        torch.manual_seed(0)
-        model = create_model("tiny", depth=2, block_type="ssm,attention", drop_path=0.0).cuda()
-        criterion, optimizer, scaler, ema = make_step_parts(model, t, t.lr, torch.device("cuda"), None)
-        net = compile_model(model, "on", cudagraphs=True) if cudagraphs else model
-        torch.manual_seed(1)
-        losses[cudagraphs] = []
-        for _ in range(6):  # the first calls record, the later ones replay
-            images, labels = torch.randn(32, 3, 32, 32, device="cuda"), torch.randint(0, 10, (32,), device="cuda")
-            _, loss = train_step(net, model, images, labels, criterion, optimizer, scaler, ema, None, t.grad_clip, cudagraphs)
-            losses[cudagraphs].append(loss.item())
-        torch._dynamo.reset()
+    try:
+        for cudagraphs in (False, True):
+            torch.manual_seed(0)
+            model = create_model("tiny", depth=2, block_type="ssm,attention", drop_path=0.0).cuda()
+            criterion, optimizer, scaler, ema = make_step_parts(model, t, t.lr, torch.device("cuda"), None)
+            net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[0]) if ddp else model
+            net = compile_model(net, "on", cudagraphs=True) if cudagraphs else net
+            torch.manual_seed(1)
+            losses[cudagraphs] = []
+            for _ in range(6):  # the first calls record, the later ones replay
+                images, labels = torch.randn(32, 3, 32, 32, device="cuda"), torch.randint(0, 10, (32,), device="cuda")
+                _, loss = train_step(net, model, images, labels, criterion, optimizer, scaler, ema, None, t.grad_clip,
+                                     cudagraphs)
+                losses[cudagraphs].append(loss.item())
+            torch._dynamo.reset()
+    finally:
+        if ddp:
+            dist.destroy_process_group()
     assert all(math.isfinite(x) for x in losses[True])
     assert losses[True] == pytest.approx(losses[False], rel=1e-2)

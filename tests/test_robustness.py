@@ -1,4 +1,5 @@
 """Interruption, corruption and unsafe input."""
+import errno
 import os
 import pickle
 import random
@@ -13,8 +14,9 @@ import torch
 import checkpoints
 import evaluate_model
 import train_vision_mamba
-from checkpoints import CheckpointError, find_latest_checkpoint, load_checkpoint, save_checkpoint
-from helpers import ROOT, SMALL, final_weights, read_log, run_main, run_script, train_args
+from checkpoints import (CheckpointError, CheckpointWriter, OutputWriteError, find_latest_checkpoint, link_checkpoint,
+                         load_checkpoint, save_checkpoint)
+from helpers import ROOT, SMALL, assert_one_line_error, final_weights, read_log, run_main, run_script, train_args
 
 EPOCHS = 4
 
@@ -100,6 +102,56 @@ def test_atomic_write_keeps_the_old_file_when_a_write_dies(tmp_path, monkeypatch
         save_checkpoint({"format": checkpoints.FORMAT, "model": {"w": torch.zeros(3)}}, str(path))
     assert torch.equal(load_checkpoint(str(path))["model"]["w"], torch.ones(3))
     assert os.listdir(tmp_path) == ["ckpt.pth"]  # no temporary file left behind
+
+
+def weights_state(weights):
+    return {"format": checkpoints.FORMAT, "model": {"w": weights}}
+
+
+def test_background_writer_writes_each_state_as_it_was_when_saved_in_order(tmp_path):
+    weights, last = torch.zeros(1000), str(tmp_path / "last.pth")
+    with CheckpointWriter() as writer:
+        for step in range(3):
+            weights += 1
+            writer.save(weights_state(weights), last)
+            writer.submit(link_checkpoint, last, str(tmp_path / f"step{step}.pth"))  # runs after the save
+            weights += 100  # training goes on while the copy is written
+    for step in range(3):
+        saved = load_checkpoint(str(tmp_path / f"step{step}.pth"))["model"]["w"]
+        assert torch.equal(saved, torch.full((1000,), 1.0 + 101 * step))
+    assert sorted(os.listdir(tmp_path)) == ["last.pth", "step0.pth", "step1.pth", "step2.pth"]
+
+
+def test_background_writer_raises_a_failed_write_and_finishes_the_others(tmp_path):
+    unwritable = str(tmp_path / "no_such_folder" / "last.pth")
+    with pytest.raises(OutputWriteError, match="cannot write .*no_such_folder/last.pth"):
+        with CheckpointWriter() as writer:
+            writer.save(weights_state(torch.ones(3)), unwritable)
+            writer.save(weights_state(torch.ones(3)), str(tmp_path / "never.pth"))  # waits for the first: raises
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(KeyError):  # an error in the loop is the one reported, after pending writes finish
+        with CheckpointWriter() as writer:
+            writer.save(weights_state(torch.ones(3)), str(tmp_path / "done.pth"))
+            raise KeyError("in the training loop")
+    assert torch.equal(load_checkpoint(str(tmp_path / "done.pth"))["model"]["w"], torch.ones(3))
+
+
+def test_a_disk_filling_up_mid_run_is_one_line_and_keeps_the_saved_checkpoints(tmp_path, monkeypatch, capsys):
+    real_save, saves = torch.save, []
+
+    def filling_save(obj, f):  # the third checkpoint finds the disk full, half-way through
+        saves.append(obj)
+        if len(saves) == 3:
+            f.write(b"PK\x03\x04 a third of a zip file")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_save(obj, f)
+
+    monkeypatch.setattr(torch, "save", filling_save)
+    result = run_main(train_vision_mamba.main, train_args(tmp_path, epochs=EPOCHS), capsys)
+    assert_one_line_error(result, "cannot write", "last_checkpoint.pth", "No space left on device", "--output_dir")
+    folder = tmp_path / "checkpoints" / "vision_mamba_digits"
+    assert load_checkpoint(str(folder / "last_checkpoint.pth"))["epoch"] == 2  # the last whole save stands
+    assert not [n for n in os.listdir(folder) if n.startswith(".")]  # no temporary file left behind
 
 
 @pytest.fixture(scope="module")
