@@ -66,14 +66,27 @@ def save_checkpoint(state, path):
 
 def to_host(state):
     """A copy of state whose tensors are on the CPU and share no memory with the originals, so
-    training can go on changing its weights while the copy is written."""
-    if isinstance(state, torch.Tensor):
-        return state.detach().to("cpu", copy=True)
-    if isinstance(state, dict):
-        return {key: to_host(value) for key, value in state.items()}
-    if isinstance(state, (list, tuple)):
-        return type(state)(to_host(value) for value in state)
-    return state
+    training can go on changing its weights while the copy is written. GPU tensors go into pinned
+    memory (reused through torch's host allocator cache) without a wait each: one wait at the end."""
+    copied_from_gpu = []
+
+    def copy(value):
+        if isinstance(value, torch.Tensor):
+            if value.is_cuda:
+                copied_from_gpu.append(value.device)
+                host = torch.empty_like(value, device="cpu", pin_memory=True)
+                return host.copy_(value.detach(), non_blocking=True)
+            return value.detach().to("cpu", copy=True)
+        if isinstance(value, dict):
+            return {key: copy(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(copy(item) for item in value)
+        return value
+
+    host_state = copy(state)
+    for device in set(copied_from_gpu):
+        torch.cuda.synchronize(device)
+    return host_state
 
 
 class CheckpointWriter:

@@ -154,3 +154,14 @@ def test_training_through_cuda_graphs_follows_eager_training(ddp, tmp_path):
             dist.destroy_process_group()
     assert all(math.isfinite(x) for x in losses[True])
     assert losses[True] == pytest.approx(losses[False], rel=1e-2)
+
+
+def test_checkpoint_snapshot_of_gpu_tensors_is_a_host_copy_made_before_training_goes_on():
+    from checkpoints import to_host
+    weights, transposed = torch.randn(1000, device="cuda"), torch.randn(30, 40, device="cuda").t()
+    expected = {"w": weights.cpu(), "t": transposed.cpu()}
+    host = to_host({"model": {"w": weights, "t": transposed}, "steps": [torch.tensor(3.0, device="cuda")], "epoch": 2})
+    weights.add_(1)
+    transposed.mul_(2)
+    assert all(host["model"][k].device.type == "cpu" and torch.equal(host["model"][k], expected[k]) for k in expected)
+    assert host["steps"][0].item() == 3.0 and host["epoch"] == 2
