@@ -91,10 +91,11 @@ def to_host(state):
 
 class CheckpointWriter:
     """Writes checkpoints on a background thread, so that the training loop does not wait for the
-    disk (serialising and fsyncing the cifar10 preset's 77 MB takes 0.1-0.25 s, an epoch about 1 s
-    on an H200). save() copies the state to host memory at once; the writes, links and removals
-    then run one at a time in the order asked. A failed write is raised by the next call, or on
-    leaving the with-block, which waits for every pending write: files are then complete."""
+    disk (serialising and fsyncing the cifar10 preset's 77 MB took 0.14-0.22 s on an H200 machine,
+    an epoch 1-2 s: docs/BENCHMARKS.md). save() copies the state to host memory at once; the
+    writes, links and removals then run one at a time in the order asked. A failed write is raised
+    by the next call, or on leaving the with-block, which waits for every pending write: files are
+    then complete."""
 
     def __init__(self):
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")

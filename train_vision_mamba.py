@@ -596,7 +596,7 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
     def link(source, name):
         if runtime.main:
             checkpoint_writer.submit(link_checkpoint, os.path.join(paths.checkpoints, source),
-                                 os.path.join(paths.checkpoints, name))
+                                     os.path.join(paths.checkpoints, name))
 
     show_bar = config.logging.progress_bar and runtime.main
     check_every = 1 if device.type == "cpu" else config.logging.log_interval
@@ -714,7 +714,6 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
         summary["rank_weight_digests"] = digests
     if runtime.main:  # every earlier write has finished: the with-block waited for them
         save_checkpoint(checkpoint_state(len(history), 0), os.path.join(paths.checkpoints, "final_model.pth"))
-    if runtime.main:
         _finish(config, paths, summary, history, data.class_names, data, eval_model, eval_module, device, dtype, tta,
                 writer, started, console)
     if runtime.distributed:

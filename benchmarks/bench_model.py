@@ -116,6 +116,10 @@ def bench_scan(args, device, name, scan):
             "fwd_bwd_ms": round(seconds * 1e3, 3), "peak_mem_mib": peak}
 
 
+def peak_memory(mib):
+    return "n/a (CPU)" if mib is None else f"{mib / 1024:.1f} GiB"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -168,14 +172,14 @@ def main():
     print(f"# {env['device']}, torch {env['torch']}, dtype {args.dtype}, compile {args.compile}")
     for row in rows:
         if row["kind"] == "scan":
-            print(f"scan  {row['impl']:<10} B,D,L,N={row['shape_BDLN']}  {row['fwd_bwd_ms']:9.3f} ms fwd+bwd  peak {row['peak_mem_mib']} MiB")
+            print(f"scan  {row['impl']:<10} B,D,L,N={row['shape_BDLN']}  {row['fwd_bwd_ms']:9.3f} ms fwd+bwd  peak {peak_memory(row['peak_mem_mib'])}")
     scans = {r["impl"]: r["fwd_bwd_ms"] for r in rows if r["kind"] == "scan"}
     if len(scans) == 2:
         print(f"scan  speed-up of fast over reference: {scans['reference'] / scans['fast']:.2f}x")
     for row in rows:
         if row["kind"] == "train":
             print(f"train {row['size']:<6} {row['block_type']:<14} {row['stem']:<6} batch {row['batch_size']:<5} {row['params_m']:7.2f}M params "
-                  f"{row['img_per_s']:10.1f} img/s  {row['step_ms']:8.2f} ms/step  first step {row['first_step_s']:.1f}s  peak {row['peak_mem_mib']} MiB")
+                  f"{row['img_per_s']:10.1f} img/s  {row['step_ms']:8.2f} ms/step  first step {row['first_step_s']:.1f}s  peak {peak_memory(row['peak_mem_mib'])}")
 
 
 if __name__ == "__main__":

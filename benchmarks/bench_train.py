@@ -41,7 +41,7 @@ from train_vision_mamba import (UsageError, amp_dtype, build_model, compile_mode
 import vision_mamba  # noqa: E402
 from vision_mamba import BLOCK_TYPES, MODEL_SIZES, SSM_CONVS, STEMS, count_parameters  # noqa: E402
 
-from bench_model import block_pattern, synchronize  # noqa: E402  (this folder is on sys.path when a script runs)
+from bench_model import block_pattern, peak_memory, synchronize  # noqa: E402  (this folder is on sys.path when a script runs)
 
 
 # presets whose dataset the benchmark can imitate with random arrays of the same shape
@@ -257,10 +257,6 @@ def main():
                 if args.json:
                     with open(args.json, "a") as f:
                         f.write(json.dumps(row) + "\n")
-
-
-def peak_memory(mib):
-    return "n/a (CPU)" if mib is None else f"{mib / 1024:.1f} GiB"
 
 
 if __name__ == "__main__":
