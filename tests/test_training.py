@@ -141,7 +141,7 @@ def test_resume_refuses_a_changed_architecture_but_takes_new_regularisation(tmp_
 def test_early_stopping_stops_and_keeps_the_best(tmp_path):
     # an improvement of more than 1.0 in accuracy is impossible: every epoch after the first is "bad"
     args = train_args(tmp_path, "--set", "training.early_stopping_patience=2", "--set", "training.early_stopping_min_delta=1.0",
-                      epochs=6)
+                      "--set", "training.monitor=val_acc", epochs=6)
     assert train_vision_mamba.main(args) == 0
     log = read_log(tmp_path)
     assert len(log["epochs"]) == 3 and log["stopped_early"]["epoch"] == 3 and log["best_epoch"] == 1
