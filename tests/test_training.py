@@ -269,7 +269,8 @@ def test_schedules_warm_up_then_follow_their_shape():
     assert step[10] == pytest.approx(1e-2) and step[29] == pytest.approx(1e-2) and step[30] == pytest.approx(5e-3)
     constant = _lrs("constant")
     assert all(lr == pytest.approx(1e-2) for lr in constant[10:])
-    plateau = _lrs("plateau", monitored=[0.5, 0.6, 0.6, 0.6, 0.6, 0.6], plateau_patience=1, plateau_factor=0.5)
+    plateau = _lrs("plateau", monitored=[0.5, 0.6, 0.6, 0.6, 0.6, 0.6], plateau_patience=1, plateau_factor=0.5,
+                   monitor="val_acc")
     # best at epoch 2; epochs 3 and 4 bring nothing, more than the patience of 1: halved from epoch 5 on
     assert plateau[39] == pytest.approx(1e-2) and plateau[40] == pytest.approx(5e-3) and plateau[-1] == pytest.approx(5e-3)
 
