@@ -125,14 +125,10 @@ class CheckpointWriter:
 
     def __exit__(self, exc_type, *exc):
         try:
-            if exc_type is None:
+            if exc_type is None:  # else the error in flight is the one to report
                 self.wait()
-            else:  # the error in flight is the one to report; still let the writes finish
-                for future in self._pending:
-                    future.exception()
-                self._pending = []
         finally:
-            self._pool.shutdown(wait=True)
+            self._pool.shutdown(wait=True)  # pending writes finish either way: files are complete
 
 
 def link_checkpoint(source, path):

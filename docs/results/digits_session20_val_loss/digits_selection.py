@@ -2,9 +2,10 @@
 each epoch's checkpoint predicts the 216 validation images; the validation set is cut in random
 halves A/B; an epoch is chosen on A (by accuracy as EarlyStopping does: the first epoch that
 beats the best so far; or by the lowest loss) and scored on B."""
-import glob, json, os, re, subprocess, sys
+import glob, os, re, subprocess, sys
 import torch, torch.nn.functional as F
-sys.path.insert(0, "/work/main")
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))  # the repository
+sys.path.insert(0, ROOT)
 from checkpoints import load_checkpoint, model_from_checkpoint
 from data_pipeline import create_data_loaders
 from train_vision_mamba import predict
@@ -12,16 +13,16 @@ from train_vision_mamba import predict
 seeds = [int(s) for s in sys.argv[1:]]
 rows = {}
 for seed in seeds:
-    out = f"/tmp/sel/run{seed}"
+    out = f"/tmp/digits_selection/run{seed}"
     if not os.path.exists(out):
-        subprocess.run([sys.executable, "/work/main/train_vision_mamba.py", "--seed", str(seed), "--output_dir", out, "--quiet",
+        subprocess.run([sys.executable, os.path.join(ROOT, "train_vision_mamba.py"), "--seed", str(seed), "--output_dir", out, "--quiet",
                         "--set", "logging.save_every=1", "--set", "logging.keep_last=100"], check=True, capture_output=True)
     paths = sorted(glob.glob(f"{out}/checkpoints/*/checkpoint_epoch_*.pth"), key=lambda p: int(re.findall(r"(\d+)\.pth", p)[0]))
-    correct, losses = [], []
+    correct, losses, data = [], [], None
     for p in paths:
         state = load_checkpoint(p)
         model, config = model_from_checkpoint(state, p)
-        data = create_data_loaders(config, torch.device("cpu"))
+        data = data or create_data_loaders(config, torch.device("cpu"))  # one run's epochs share its split
         logits, labels = predict(model, data.val, torch.device("cpu"))
         correct.append((logits.argmax(1) == labels).float())
         losses.append(F.cross_entropy(logits, labels, reduction="none"))
