@@ -22,15 +22,16 @@ import triton.language as tl
 BLOCK_E = 64  # measured on an H200 (docs/BENCHMARKS.md): one warp per program and a
 NUM_WARPS = 1  # 3-deep pipeline beat 4 warps by 1.3-1.6x; more programs hide the loop's latency
 STAGES = 3
-BWD_BLOCK_E = 32  # the backward's own launch shape, as it holds seven (BLOCK_E, N) tiles at once where the
-BWD_NUM_WARPS = 1  # forward holds two: the best of 18 variants at one hybrid-tiny layer's shape (docs/BENCHMARKS.md,
-BWD_STAGES = 1  # session 16)
+BWD_BLOCK_E = 16  # the backward's own launch shape. It holds more (BLOCK_E, N) tiles at once than the forward's
+BWD_NUM_WARPS = 1  # two, and ptxas gives it all 255 registers a thread may have, which leaves room for only 8
+BWD_STAGES = 1  # warps an SM; capped at 128, 16 fit, and with 16 channels a program it spills almost nothing:
+BWD_MAXNREG = 128  # 1.38 against 1.78 ms at one hybrid-tiny layer's shape (docs/BENCHMARKS.md, session 21)
 # The backward used to write every recomputed state out and read it back: (B, L, G, E, N) fp32,
 # 1.6 GB a layer for hybrid-tiny at batch 1024. Now only the state before each chunk of CHUNK tokens
-# goes through memory: the training step's peak memory fell by 1.1 GiB, at the same speed (the
-# kernel's time goes to its per-token reductions, not to that traffic). The kernel writes the chunk
-# out as four named states, as Triton has no register arrays; 4 keeps them within a thread's registers.
-CHUNK = 4
+# goes through memory: with chunks of 4 the training step's peak memory fell by 1.1 GiB, at the same
+# speed (session 16). Chunks of 2 keep twice as many checkpoints, but fewer named states (Triton has no
+# register arrays) are live at once, which the register cap above needs.
+CHUNK = 2
 
 
 @triton.jit
@@ -104,7 +105,7 @@ def _adjoint_step(h_t, u, dt, Bt, g_h, g_A, g_D, A, D, C_ptr, gy_ptr, gu_ptr, gd
 def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, gy_ptr, ckpt_ptr,
                      gu_ptr, gdelta_ptr, gA_ptr, gB_ptr, gC_ptr, gD_ptr, L, G, E,
                      N: tl.constexpr, BLOCK_E: tl.constexpr, STAGES: tl.constexpr, CHUNK: tl.constexpr):
-    tl.static_assert(CHUNK == 4, "the reverse pass below is written out for chunks of 4 tokens")
+    tl.static_assert(CHUNK == 2, "the reverse pass below is written out for chunks of 2 tokens")
     pid_bg = tl.program_id(0).to(tl.int64)
     b, g = pid_bg // G, pid_bg % G
     e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
@@ -134,16 +135,8 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, gy_ptr, ckpt_
         # each token's inputs loaded once, for its state's recomputation and for its adjoint step
         u0, dt0, B0 = _token_inputs(u_ptr, delta_ptr, B_ptr, (b * L + t0) * G + g, t0 < L, E, e, n, mask_e, N)
         u1, dt1, B1 = _token_inputs(u_ptr, delta_ptr, B_ptr, (b * L + t0 + 1) * G + g, t0 + 1 < L, E, e, n, mask_e, N)
-        u2, dt2, B2 = _token_inputs(u_ptr, delta_ptr, B_ptr, (b * L + t0 + 2) * G + g, t0 + 2 < L, E, e, n, mask_e, N)
-        u3, dt3, B3 = _token_inputs(u_ptr, delta_ptr, B_ptr, (b * L + t0 + 3) * G + g, t0 + 3 < L, E, e, n, mask_e, N)
         h1 = _step(h0, A, u0, dt0, B0)
         h2 = _step(h1, A, u1, dt1, B1)
-        h3 = _step(h2, A, u2, dt2, B2)
-        h4 = _step(h3, A, u3, dt3, B3)
-        g_h, g_A, g_D = _adjoint_step(h4, u3, dt3, B3, g_h, g_A, g_D, A, D, C_ptr, gy_ptr, gu_ptr,
-                                      gdelta_ptr, gB_ptr, gC_ptr, partial_rows, b, g, t0 + 3, L, G, E, e, n, mask_e, N)
-        g_h, g_A, g_D = _adjoint_step(h3, u2, dt2, B2, g_h, g_A, g_D, A, D, C_ptr, gy_ptr, gu_ptr,
-                                      gdelta_ptr, gB_ptr, gC_ptr, partial_rows, b, g, t0 + 2, L, G, E, e, n, mask_e, N)
         g_h, g_A, g_D = _adjoint_step(h2, u1, dt1, B1, g_h, g_A, g_D, A, D, C_ptr, gy_ptr, gu_ptr,
                                       gdelta_ptr, gB_ptr, gC_ptr, partial_rows, b, g, t0 + 1, L, G, E, e, n, mask_e, N)
         g_h, g_A, g_D = _adjoint_step(h1, u0, dt0, B0, g_h, g_A, g_D, A, D, C_ptr, gy_ptr, gu_ptr,
@@ -201,7 +194,7 @@ def scan_backward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: tor
     g_A, g_D = torch.empty(batch, *A.shape, **f32), torch.empty(batch, *D.shape, **f32)
     _scan_bwd_kernel[grid](u, delta, A, Bm, Cm, D, g_y, checkpoints, g_u, g_delta, g_A, g_B, g_C, g_D,
                            length, groups, inner, N=d_state, BLOCK_E=BWD_BLOCK_E, STAGES=BWD_STAGES, CHUNK=CHUNK,
-                           num_warps=BWD_NUM_WARPS)
+                           num_warps=BWD_NUM_WARPS, maxnreg=BWD_MAXNREG)
     return g_u, g_delta, g_A.sum(0), g_B.sum(0), g_C.sum(0), g_D.sum(0)
 
 

@@ -372,6 +372,8 @@ class BidirectionalSSM(nn.Module):
 # the plain SDPA call in the graph, whole-model compiled bf16 training went wrong in 7 of 12 runs
 # (5 NaN, 2 collapses without one); behind this op it was stable in 5 of 5 (docs/RESULTS.md,
 # session 18), and the rest of the model still compiles as one graph, with no break at attention.
+# Forward and, where it applies, backward are SDPA's fused kernels, as in eager mode; beside them a
+# written-out reference backward serves the CPU, masks and fp32, and tests hold the fused one to it.
 
 
 @torch.library.custom_op("vision_mamba::attention", mutates_args=())
@@ -402,12 +404,10 @@ def attention_probabilities(q, k, allowed, scale):
     return scores.softmax(-1)
 
 
-@torch.library.custom_op("vision_mamba::attention_backward", mutates_args=())
-def attention_core_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: Optional[torch.Tensor],
-                            scale: float, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients in fp32 (fp64 if q is) from the recomputed probabilities P: dV = P^T g, dP = g V^T, and through
-    the softmax dS = P * (dP - rowsum(dP * P)) * scale, then dQ = dS K, dK = dS^T Q. A block of query rows
-    at a time: each row's softmax needs only its own scores; dK and dV sum over the blocks."""
+def attention_backward_ref(q, k, v, allowed, scale, grad):
+    """The reference backward, in fp32 (fp64 if q is), from the recomputed probabilities P: dV = P^T g,
+    dP = g V^T, and through the softmax dS = P * (dP - rowsum(dP * P)) * scale, then dQ = dS K, dK = dS^T Q.
+    A block of query rows at a time: each row's softmax needs only its own scores; dK and dV sum over the blocks."""
     compute_dtype = torch.promote_types(q.dtype, torch.float32)
     batch, heads, length, _ = q.shape
     rows = max(1, ATTENTION_BACKWARD_BLOCK_BYTES // (batch * heads * k.shape[-2] * compute_dtype.itemsize))
@@ -424,6 +424,34 @@ def attention_core_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a
             grad_q[:, :, block] = grad_s @ kx
             grad_k += grad_s.transpose(-2, -1) @ qx[:, :, block]
     return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype)
+
+
+def flash_backward_applies(q, allowed):
+    """FlashAttention-2 (in PyTorch's CUDA builds, for compute capability 8.0 and up) takes fp16/bf16 heads of
+    up to 256 channels in multiples of 8, and no mask: the presets' attention under autocast."""
+    head_dim = q.shape[-1]
+    return (q.is_cuda and allowed is None and q.dtype in (torch.float16, torch.bfloat16) and head_dim % 8 == 0
+            and head_dim <= 256 and torch.version.hip is None and torch.cuda.get_device_capability(q.device) >= (8, 0))
+
+
+def flash_attention_backward(q, k, v, scale, grad):
+    """SDPA's own fused backward, the one eager SDPA runs: the forward is run again for the softmax statistics
+    (logsumexp) its backward reads. On the H200 at B=1024, L=64, 3 heads of 64: 0.24 ms for SDPA's forward and
+    backward, against 0.80 ms for the reference backward alone (docs/BENCHMARKS.md, session 21)."""
+    out, logsumexp, cum_q, cum_k, max_q, max_k, philox_seed, philox_offset, _ = \
+        torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=scale)
+    return torch.ops.aten._scaled_dot_product_flash_attention_backward(
+        grad.contiguous(), q, k, v, out, logsumexp, cum_q, cum_k, max_q, max_k, 0.0, False, philox_seed, philox_offset,
+        scale=scale)
+
+
+@torch.library.custom_op("vision_mamba::attention_backward", mutates_args=())
+def attention_core_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: Optional[torch.Tensor],
+                            scale: float, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients for q, k, v: SDPA's fused kernel where it applies, else the reference (CPU, masks, fp32)."""
+    if flash_backward_applies(q, allowed):
+        return flash_attention_backward(q, k, v, scale, grad)
+    return attention_backward_ref(q, k, v, allowed, scale, grad)
 
 
 @attention_core_backward.register_fake

@@ -122,15 +122,19 @@ def test_compiled_shifted_sum_convs_equal_eager_on_cuda(monkeypatch):
         assert rel_err(p.grad, eager_grads[name]) < 1e-3, name
 
 
-@pytest.mark.parametrize("ddp", [False, True])
-def test_training_through_cuda_graphs_follows_eager_training(ddp, tmp_path):
+@pytest.mark.parametrize("ddp,dtype", [(False, None), (True, None), (False, torch.bfloat16)])
+def test_training_through_cuda_graphs_follows_eager_training(ddp, dtype, tmp_path, monkeypatch):
     # training.cudagraphs: the compiled graphs recorded once and replayed (their outputs' memory reused
     # every step) must train as the eager model does, replays included; under DDP (one NCCL rank here:
-    # torchrun's two are run on the device) the all-reduce hooks fire between the backward's replays
+    # torchrun's two are run on the device) the all-reduce hooks fire between the backward's replays;
+    # under bf16 attention's backward is SDPA's fused kernel, called from inside the recorded graph
     import torch.distributed as dist
+    import vision_mamba as vm
     from config import get_preset
     from train_vision_mamba import compile_model, make_step_parts, train_step
     t = get_preset("cifar10").training
+    fused_calls, fused = [], vm.flash_attention_backward
+    monkeypatch.setattr(vm, "flash_attention_backward", lambda *args: fused_calls.append(1) or fused(*args))
     if ddp:
         dist.init_process_group("nccl", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
     losses = {}
@@ -138,14 +142,14 @@ def test_training_through_cuda_graphs_follows_eager_training(ddp, tmp_path):
         for cudagraphs in (False, True):
             torch.manual_seed(0)
             model = create_model("tiny", depth=2, block_type="ssm,attention", drop_path=0.0).cuda()
-            criterion, optimizer, scaler, ema = make_step_parts(model, t, t.lr, torch.device("cuda"), None)
+            criterion, optimizer, scaler, ema = make_step_parts(model, t, t.lr, torch.device("cuda"), dtype)
             net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[0]) if ddp else model
             net = compile_model(net, "on", cudagraphs=True) if cudagraphs else net
             torch.manual_seed(1)
             losses[cudagraphs] = []
             for _ in range(6):  # the first calls record, the later ones replay
                 images, labels = torch.randn(32, 3, 32, 32, device="cuda"), torch.randint(0, 10, (32,), device="cuda")
-                _, loss = train_step(net, model, images, labels, criterion, optimizer, scaler, ema, None, t.grad_clip,
+                _, loss = train_step(net, model, images, labels, criterion, optimizer, scaler, ema, dtype, t.grad_clip,
                                      cudagraphs)
                 losses[cudagraphs].append(loss.item())
             torch._dynamo.reset()
@@ -154,6 +158,23 @@ def test_training_through_cuda_graphs_follows_eager_training(ddp, tmp_path):
             dist.destroy_process_group()
     assert all(math.isfinite(x) for x in losses[True])
     assert losses[True] == pytest.approx(losses[False], rel=1e-2)
+    assert bool(fused_calls) == (dtype is not None)
+
+
+def test_fused_attention_backward_matches_the_reference():
+    # SDPA's fused backward (bf16 in and out) against the reference's, computed in fp64 from the same bf16
+    # inputs: no further from it than bf16 rounding of its own products allows; masks and fp32 keep the reference
+    import vision_mamba as vm
+    torch.manual_seed(0)
+    for heads, length in ((3, 64), (2, 49)):
+        q, k, v, grad = (torch.randn(16, heads, length, 64, device="cuda").bfloat16() for _ in range(4))
+        assert vm.flash_backward_applies(q, None)
+        fused = vm.attention_core_backward(q, k, v, None, 0.125, grad)
+        exact = vm.attention_backward_ref(q.double(), k.double(), v.double(), None, 0.125, grad.double())
+        for got, want in zip(fused, exact):
+            assert got.dtype == torch.bfloat16 and rel_err(got, want) < 2e-2
+    assert not vm.flash_backward_applies(q.float(), None)
+    assert not vm.flash_backward_applies(q, ~torch.eye(length, dtype=torch.bool, device="cuda"))
 
 
 def test_checkpoint_snapshot_of_gpu_tensors_is_a_host_copy_made_before_training_goes_on():
