@@ -136,8 +136,9 @@ def test_locality_self_attention_never_attends_to_the_token_itself(locality):
 
 @pytest.mark.parametrize("masked", [False, True])
 def test_attention_core_equals_sdpa_in_value_and_gradient(masked):
-    # the opaque op that torch.compile calls instead of SDPA: its forward is SDPA, its backward is
-    # hand-written, so both are held to autograd through F.scaled_dot_product_attention
+    # the opaque op that torch.compile calls instead of SDPA: its forward is SDPA, its backward on the CPU
+    # the written-out reference (test_gpu.py holds the fused CUDA one to it), so both are held to autograd
+    # through F.scaled_dot_product_attention
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 3, 7, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
     allowed = ~torch.eye(7, dtype=torch.bool) if masked else None
