@@ -589,9 +589,9 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
     # rank 0 writes every checkpoint; within the epoch loop through a background thread
     checkpoint_writer = CheckpointWriter() if runtime.main else None
 
-    def save(name, state):
+    def save(name, epoch, step_in_epoch, partial_sums=None):  # the state is built on rank 0 only
         if runtime.main:
-            checkpoint_writer.save(state, os.path.join(paths.checkpoints, name))
+            checkpoint_writer.save(checkpoint_state(epoch, step_in_epoch, partial_sums), os.path.join(paths.checkpoints, name))
 
     def link(source, name):
         if runtime.main:
@@ -647,7 +647,7 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
                                         img_s=f"{seen / max(time.time() - epoch_start, 1e-9):.0f}")
                 if _stop_requested(signals, runtime, step, config.logging.log_interval):
                     stop_reason = signals.signum or signal.SIGTERM
-                    save("last_checkpoint.pth", checkpoint_state(epoch, step + 1, {k: v.cpu() for k, v in sums.items()}))
+                    save("last_checkpoint.pth", epoch, step + 1, {k: v.cpu() for k, v in sums.items()})
                     break
             bar.close()
             if stop_reason is not None:
@@ -678,7 +678,7 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
                 best_epoch = epoch + 1
             start_step = 0
             # one serialisation an epoch (~100 MB for tiny): best and periodic checkpoints link to it
-            save("last_checkpoint.pth", checkpoint_state(epoch + 1, 0))
+            save("last_checkpoint.pth", epoch + 1, 0)
             if is_best:
                 link("last_checkpoint.pth", "best_model.pth")
             if config.logging.save_every and (epoch + 1) % config.logging.save_every == 0:
