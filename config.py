@@ -104,7 +104,7 @@ class TrainingConfig:
     monitor: str = "val_acc"
     seed: int = 42
     device: str = "auto"
-    deterministic: bool = False
+    deterministic: bool = False  # torch.use_deterministic_algorithms; attention then keeps its reference backward
     tta: bool = False  # average logits of image and mirror at test time
     tta_shift: int = 0  # also average over the image moved by +/- N px on both axes (airbench's TTA); 0: off
     lr_scaling: str = "none"  # multi-GPU: "linear" multiplies lr by the number of processes

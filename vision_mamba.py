@@ -428,10 +428,12 @@ def attention_backward_ref(q, k, v, allowed, scale, grad):
 
 def flash_backward_applies(q, allowed):
     """FlashAttention-2 (in PyTorch's CUDA builds, for compute capability 8.0 and up) takes fp16/bf16 heads of
-    up to 256 channels in multiples of 8, and no mask: the presets' attention under autocast."""
+    up to 256 channels in multiples of 8, and no mask: the presets' attention under autocast. A run that asks
+    for deterministic algorithms (training.deterministic) keeps the reference, whose sums have a fixed order."""
     head_dim = q.shape[-1]
     return (q.is_cuda and allowed is None and q.dtype in (torch.float16, torch.bfloat16) and head_dim % 8 == 0
-            and head_dim <= 256 and torch.version.hip is None and torch.cuda.get_device_capability(q.device) >= (8, 0))
+            and head_dim <= 256 and torch.version.hip is None and not torch.are_deterministic_algorithms_enabled()
+            and torch.cuda.get_device_capability(q.device) >= (8, 0))
 
 
 def flash_attention_backward(q, k, v, scale, grad):

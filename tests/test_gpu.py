@@ -175,6 +175,11 @@ def test_fused_attention_backward_matches_the_reference():
             assert got.dtype == torch.bfloat16 and rel_err(got, want) < 2e-2
     assert not vm.flash_backward_applies(q.float(), None)
     assert not vm.flash_backward_applies(q, ~torch.eye(length, dtype=torch.bool, device="cuda"))
+    torch.use_deterministic_algorithms(True, warn_only=True)  # training.deterministic
+    try:
+        assert not vm.flash_backward_applies(q, None)
+    finally:
+        torch.use_deterministic_algorithms(False)
 
 
 def test_checkpoint_snapshot_of_gpu_tensors_is_a_host_copy_made_before_training_goes_on():
