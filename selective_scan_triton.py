@@ -24,7 +24,7 @@ NUM_WARPS = 1  # 3-deep pipeline beat 4 warps by 1.3-1.6x; more programs hide th
 STAGES = 3
 BWD_BLOCK_E = 16  # the backward's own launch shape. It holds more (BLOCK_E, N) tiles at once than the forward's
 BWD_NUM_WARPS = 1  # two, and ptxas gives it all 255 registers a thread may have, which leaves room for only 8
-BWD_STAGES = 1  # warps an SM; capped at 128, 16 fit, and with 16 channels a program it spills almost nothing:
+BWD_STAGES = 1  # warps an SM; capped at 128, 16 warps fit, and with 16 channels a program it spills almost nothing:
 BWD_MAXNREG = 128  # 1.38 against 1.78 ms at one hybrid-tiny layer's shape (docs/BENCHMARKS.md, session 21)
 # The backward used to write every recomputed state out and read it back: (B, L, G, E, N) fp32,
 # 1.6 GB a layer for hybrid-tiny at batch 1024. Now only the state before each chunk of CHUNK tokens
