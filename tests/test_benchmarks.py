@@ -72,11 +72,13 @@ def test_scan_kernel_tuner_checks_every_launch_variant(tmp_path):
     pytest.importorskip("triton")
     out = tmp_path / "rows.jsonl"
     result = run_script("benchmarks/tune_scan_kernels.py", ["--shapes", "2,5,2,40,4", "--block_e", "16", "32", "--warps", "1",
-                                                            "--stages", "1", "2", "--iters", "1", "--json", str(out)],
+                                                            "--stages", "1", "2", "--maxnreg", "0", "128", "--iters", "1",
+                                                            "--json", str(out)],
                         env={"TRITON_INTERPRET": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert {(r["block_e"], r["stages"]) for r in rows} == {(16, 1), (16, 2), (32, 1), (32, 2)}
+    assert {(r["block_e"], r["stages"], r["bwd_maxnreg"]) for r in rows} == {
+        (block_e, stages, regs) for block_e in (16, 32) for stages in (1, 2) for regs in (None, 128)}
     assert all(r["agrees"] and r["fwd_ms"] > 0 and r["bwd_ms"] > 0 for r in rows)
 
 
