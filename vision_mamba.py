@@ -274,8 +274,13 @@ class ResidualConvPair(nn.Module):
 # inductor can fuse with the element-wise ops around them (the official Mamba hand-writes a CUDA
 # kernel, causal_conv1d, for the same reason). Eager runs keep the conv kernels: the shifted
 # copies cost more there (CPU: 33-39 ms against 22-26 ms, forward and backward of one SSM conv).
-# Off by default until a GPU measurement shows it faster.
+# With VISION_MAMBA_CONV=triton the 3x3 grid convs on CUDA run as the Triton kernels of
+# depthwise_conv_triton.py. Both off by default until a GPU measurement shows them faster.
 CONV_BACKEND = os.environ.get("VISION_MAMBA_CONV", "aten")
+try:
+    import depthwise_conv_triton as _triton_conv
+except ImportError:  # CPU-only installs may lack Triton
+    _triton_conv = None
 
 
 def _convs_as_shifts():
@@ -301,6 +306,8 @@ def causal_conv(conv, u):
 def grid_conv(conv, tokens, side):
     """conv, a depthwise 3x3 Conv2d with padding 1, over tokens laid out row-major on a side x side
     grid: (B, L, C) -> (B, L, C)."""
+    if CONV_BACKEND == "triton" and tokens.is_cuda and _triton_conv is not None:
+        return _triton_conv.dwconv3x3(tokens, conv.weight, conv.bias, side)
     if _convs_as_shifts():
         padded = F.pad(tokens.unflatten(1, (side, side)), (0, 0, 1, 1, 1, 1))  # (B, H/p+2, W/p+2, C), zero border
         weight = conv.weight[:, 0].to(tokens.dtype)  # (C, 3, 3)

@@ -408,13 +408,11 @@ def test_scan_and_ssm_layer_compile_without_graph_breaks():
 def test_fused_triton_kernels_match_the_reference_in_the_interpreter():
     """The CUDA kernels' logic, run on the CPU by Triton's interpreter (no GPU in CI)."""
     pytest.importorskip("triton")
-    import subprocess
-    import sys
     script = (
         "import torch, selective_scan_triton as k\n"
         "from test_model import random_scan_inputs, rel_err\n"
         "from vision_mamba import selective_scan_ref\n"
-        "# lengths that end in a part chunk (the backward's chunks are 4 tokens; 3 is less than one);\n"
+        "# lengths that end in a part chunk (the backward's chunks are 2 tokens: 7, 33, 5 and 3 are odd);\n"
         "# the third shape with 16 channels a program: its 3 channel blocks' partial sums of g_Bm, g_Cm\n"
         "for shape, block_e in [((2, 7, 2, 40, 4, 1.0), 64), ((1, 33, 1, 64, 8, 20.0), 64), ((2, 5, 2, 40, 4, 1.0), 16),"
         "                       ((1, 3, 2, 8, 4, 1.0), 64)]:\n"
@@ -432,7 +430,47 @@ def test_fused_triton_kernels_match_the_reference_in_the_interpreter():
         "    torch.library.opcheck(k.scan_forward, inputs)\n"
         "    torch.library.opcheck(k.scan_backward, inputs + [g_y])\n"
         "print('ok')\n")
+    assert run_in_triton_interpreter(script)
+
+
+def run_in_triton_interpreter(script):
+    """Run a script in a fresh interpreter with TRITON_INTERPRET=1 (the repository and tests/ importable);
+    True when it printed 'ok'."""
+    import subprocess
+    import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([root, os.path.join(root, "tests")])}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env, cwd=root)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+    return True
+
+
+def test_triton_depthwise_conv_matches_torchs_conv_in_the_interpreter():
+    """VISION_MAMBA_CONV=triton's kernels against the grid conv they replace, run on the CPU by Triton's
+    interpreter: values and gradients, grids of 7x7 and 8x8, channels and pixels that end in part blocks,
+    and input that is a channel slice of a wider tensor (the SSM's half of in_proj)."""
+    pytest.importorskip("triton")
+    script = (
+        "import torch, depthwise_conv_triton as k\n"
+        "from test_model import rel_err\n"
+        "from vision_mamba import grid_conv\n"
+        "torch.manual_seed(0)\n"
+        "for batch, side, channels, sliced in [(3, 7, 40, False), (2, 8, 70, True)]:\n"
+        "    conv = torch.nn.Conv2d(channels, channels, 3, padding=1, groups=channels)\n"
+        "    wide = torch.randn(batch, side * side, 2 * channels)\n"
+        "    x = wide[..., :channels] if sliced else wide[..., :channels].contiguous()\n"
+        "    x.requires_grad_(True)\n"
+        "    out = k.dwconv3x3(x, conv.weight, conv.bias, side)\n"
+        "    want = grid_conv(conv, x, side)\n"
+        "    assert rel_err(out, want) < 1e-5, rel_err(out, want)\n"
+        "    g = torch.randn_like(out)\n"
+        "    got = torch.autograd.grad(out, (x, conv.weight, conv.bias), g)\n"
+        "    ref = torch.autograd.grad(want, (x, conv.weight, conv.bias), g)\n"
+        "    for a, b in zip(got, ref):\n"
+        "        assert a.shape == b.shape and rel_err(a, b) < 1e-5, rel_err(a, b)\n"
+        "    low = k.dwconv3x3(x.detach().bfloat16(), conv.weight, conv.bias, side)\n"
+        "    assert low.dtype == torch.bfloat16 and rel_err(low, want) < 1e-2\n"
+        "    torch.library.opcheck(k.dwconv3x3, (x.detach(), conv.weight.detach(), conv.bias.detach(), side))\n"
+        "    torch.library.opcheck(k.dwconv3x3_backward, (g, x.detach(), conv.weight.detach(), side))\n"
+        "print('ok')\n")
+    assert run_in_triton_interpreter(script)
