@@ -433,33 +433,36 @@ def attention_backward_ref(q, k, v, allowed, scale, grad):
     return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype)
 
 
-def flash_backward_applies(q, allowed):
-    """FlashAttention-2 (in PyTorch's CUDA builds, for compute capability 8.0 and up) takes fp16/bf16 heads of
-    up to 256 channels in multiples of 8, and no mask: the presets' attention under autocast. A run that asks
-    for deterministic algorithms (training.deterministic) keeps the reference, whose sums have a fixed order."""
+def fused_backward_applies(q, allowed):
+    """SDPA's memory-efficient kernel takes the presets' attention under autocast: CUDA, fp16/bf16 heads of up
+    to 256 channels in multiples of 8, no mask (compute capability 8.0 and up, for bf16). A run that asks for
+    deterministic algorithms (training.deterministic) keeps the reference, whose sums have a fixed order."""
     head_dim = q.shape[-1]
     return (q.is_cuda and allowed is None and q.dtype in (torch.float16, torch.bfloat16) and head_dim % 8 == 0
             and head_dim <= 256 and torch.version.hip is None and not torch.are_deterministic_algorithms_enabled()
             and torch.cuda.get_device_capability(q.device) >= (8, 0))
 
 
-def flash_attention_backward(q, k, v, scale, grad):
-    """SDPA's own fused backward, the one eager SDPA runs: the forward is run again for the softmax statistics
-    (logsumexp) its backward reads. On the H200 at B=1024, L=64, 3 heads of 64 it takes 0.46 ms, rerun included,
-    where the reference takes 0.80 ms (docs/BENCHMARKS.md, session 21)."""
-    out, logsumexp, cum_q, cum_k, max_q, max_k, philox_seed, philox_offset, _ = \
-        torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=scale)
-    return torch.ops.aten._scaled_dot_product_flash_attention_backward(
-        grad.contiguous(), q, k, v, out, logsumexp, cum_q, cum_k, max_q, max_k, 0.0, False, philox_seed, philox_offset,
-        scale=scale)
+def fused_attention_backward(q, k, v, scale, grad):
+    """SDPA's memory-efficient backward, the one eager SDPA runs when forced to that kernel: the forward is run
+    again for the softmax statistics (logsumexp) its backward reads. At the presets' short sequences it beats
+    FlashAttention-2's (on the H200 at B=1024, L=64, 3 heads of 64, SDPA forward + backward took 0.18 ms
+    through it, 0.46 ms through FlashAttention; docs/BENCHMARKS.md, sessions 21 and 22)."""
+    out, logsumexp, philox_seed, philox_offset = torch.ops.aten._scaled_dot_product_efficient_attention(
+        q, k, v, None, True, 0.0, False, scale=scale)
+    # attn_bias is typed Tensor, not Tensor?, in this op's schema; None reaches it as an undefined tensor, no bias
+    grad_q, grad_k, grad_v, _ = torch.ops.aten._scaled_dot_product_efficient_attention_backward(
+        grad.contiguous(), q, k, v, None, out, logsumexp, philox_seed, philox_offset, 0.0, [True, True, True, False],
+        False, scale=scale)
+    return grad_q, grad_k, grad_v
 
 
 @torch.library.custom_op("vision_mamba::attention_backward", mutates_args=())
 def attention_core_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: Optional[torch.Tensor],
                             scale: float, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients for q, k, v: SDPA's fused kernel where it applies, else the reference (CPU, masks, fp32)."""
-    if flash_backward_applies(q, allowed):
-        return flash_attention_backward(q, k, v, scale, grad)
+    if fused_backward_applies(q, allowed):
+        return fused_attention_backward(q, k, v, scale, grad)
     return attention_backward_ref(q, k, v, allowed, scale, grad)
 
 

@@ -135,8 +135,8 @@ def test_training_through_cuda_graphs_follows_eager_training(ddp, dtype, tmp_pat
     from config import get_preset
     from train_vision_mamba import compile_model, make_step_parts, train_step
     t = get_preset("cifar10").training
-    fused_calls, fused = [], vm.flash_attention_backward
-    monkeypatch.setattr(vm, "flash_attention_backward", lambda *args: fused_calls.append(1) or fused(*args))
+    fused_calls, fused = [], vm.fused_attention_backward
+    monkeypatch.setattr(vm, "fused_attention_backward", lambda *args: fused_calls.append(1) or fused(*args))
     if ddp:
         dist.init_process_group("nccl", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
     losses = {}
@@ -170,16 +170,16 @@ def test_fused_attention_backward_matches_the_reference():
     torch.manual_seed(0)
     for heads, length in ((3, 64), (2, 49)):
         q, k, v, grad = (torch.randn(16, heads, length, 64, device="cuda").bfloat16() for _ in range(4))
-        assert vm.flash_backward_applies(q, None)
+        assert vm.fused_backward_applies(q, None)
         fused = vm.attention_core_backward(q, k, v, None, 0.125, grad)
         exact = vm.attention_backward_ref(q.double(), k.double(), v.double(), None, 0.125, grad.double())
         for got, want in zip(fused, exact):
             assert got.dtype == torch.bfloat16 and rel_err(got, want) < 2e-2
-    assert not vm.flash_backward_applies(q.float(), None)
-    assert not vm.flash_backward_applies(q, ~torch.eye(length, dtype=torch.bool, device="cuda"))
+    assert not vm.fused_backward_applies(q.float(), None)
+    assert not vm.fused_backward_applies(q, ~torch.eye(length, dtype=torch.bool, device="cuda"))
     torch.use_deterministic_algorithms(True, warn_only=True)  # training.deterministic
     try:
-        assert not vm.flash_backward_applies(q, None)
+        assert not vm.fused_backward_applies(q, None)
     finally:
         torch.use_deterministic_algorithms(False)
 
