@@ -457,18 +457,27 @@ def fused_attention_backward(q, k, v, scale, grad):
     return grad_q, grad_k, grad_v
 
 
+def in_token_layout(grad):
+    """grad (B, heads, L, head_dim) laid out in memory as (B, L, heads, head_dim), the layout the memory-efficient
+    kernel writes (no copy then) and the one the qkv projection's gradient is gathered into. Every path returns
+    it, because compiled graphs lay out what follows from the fake's strides."""
+    return grad.transpose(1, 2).contiguous().transpose(1, 2)
+
+
 @torch.library.custom_op("vision_mamba::attention_backward", mutates_args=())
 def attention_core_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: Optional[torch.Tensor],
                             scale: float, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients for q, k, v: SDPA's fused kernel where it applies, else the reference (CPU, masks, fp32)."""
     if fused_backward_applies(q, allowed):
-        return fused_attention_backward(q, k, v, scale, grad)
-    return attention_backward_ref(q, k, v, allowed, scale, grad)
+        grads = fused_attention_backward(q, k, v, scale, grad)
+    else:
+        grads = attention_backward_ref(q, k, v, allowed, scale, grad)
+    return tuple(in_token_layout(g) for g in grads)
 
 
 @attention_core_backward.register_fake
 def _(q, k, v, allowed, scale, grad):
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+    return tuple(in_token_layout(t.new_empty(t.shape)) for t in (q, k, v))
 
 
 def _save_attention_inputs(ctx, inputs, output):

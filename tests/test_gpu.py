@@ -175,6 +175,7 @@ def test_fused_attention_backward_matches_the_reference():
         exact = vm.attention_backward_ref(q.double(), k.double(), v.double(), None, 0.125, grad.double())
         for got, want in zip(fused, exact):
             assert got.dtype == torch.bfloat16 and rel_err(got, want) < 2e-2
+        torch.library.opcheck(vm.attention_core_backward, (q, k, v, None, 0.125, grad))  # laid out as its fake
     assert not vm.fused_backward_applies(q.float(), None)
     assert not vm.fused_backward_applies(q, ~torch.eye(length, dtype=torch.bool, device="cuda"))
     torch.use_deterministic_algorithms(True, warn_only=True)  # training.deterministic

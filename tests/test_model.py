@@ -174,6 +174,16 @@ def test_attention_core_backward_in_blocks_of_query_rows_equals_all_rows_at_once
         assert torch.allclose(a, b, atol=1e-12) and torch.allclose(b, c, atol=1e-10)
 
 
+@pytest.mark.parametrize("masked", [False, True])
+def test_attention_ops_outputs_are_laid_out_as_their_fakes_promise(masked):
+    # compiled graphs lay out what follows from the fakes' strides: each real output must match its fake
+    torch.manual_seed(0)
+    q, k, v, grad = (torch.randn(2, 3, 7, 4) for _ in range(4))
+    allowed = ~torch.eye(7, dtype=torch.bool) if masked else None
+    torch.library.opcheck(vm.attention_core, (q, k, v, allowed, 0.5))
+    torch.library.opcheck(vm.attention_core_backward, (q, k, v, allowed, 0.5, grad))
+
+
 def test_attention_core_backward_runs_in_fp32_under_autocast():
     # bf16 inputs, fp32 arithmetic: the gradients must match the fp32 computation rounded once to bf16
     torch.manual_seed(0)
