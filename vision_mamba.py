@@ -20,6 +20,7 @@ hands over to the fused Triton kernels of selective_scan_triton.py. Tests hold e
 the reference in value and gradient.
 """
 import contextlib
+import hashlib
 import math
 import os
 from dataclasses import dataclass
@@ -28,6 +29,25 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+# torch.compile's on-disk caches (inductor's FX graphs, AOT autograd's) key a compiled graph by the traced
+# model, not by the code of the custom ops inside it (attention's core below, the scan kernels of
+# selective_scan_triton.py). After an update, a graph compiled against an older op's fake, which says how the
+# op's outputs are laid out, would be reused and fail its stride checks at run time. So these files' hash is
+# part of every key.
+OP_FILES = ("vision_mamba.py", "selective_scan_triton.py")
+
+
+def ops_cache_tag(folder):
+    digest = hashlib.sha256()
+    for name in OP_FILES:
+        with open(os.path.join(folder, name), "rb") as f:
+            digest.update(f.read())
+    return "vision_mamba-" + digest.hexdigest()[:16]
+
+
+torch.compiler.config.cache_key_tag = (os.environ.get("TORCH_COMPILE_CACHE_KEY_TAG", "")
+                                       + ops_cache_tag(os.path.dirname(os.path.abspath(__file__))))
 
 # ------------------------------------------------------------------------------------------
 # Size table: the one place where the model sizes are defined. Parameter counts are at
@@ -274,13 +294,8 @@ class ResidualConvPair(nn.Module):
 # inductor can fuse with the element-wise ops around them (the official Mamba hand-writes a CUDA
 # kernel, causal_conv1d, for the same reason). Eager runs keep the conv kernels: the shifted
 # copies cost more there (CPU: 33-39 ms against 22-26 ms, forward and backward of one SSM conv).
-# With VISION_MAMBA_CONV=triton the 3x3 grid convs on CUDA run as the Triton kernels of
-# depthwise_conv_triton.py. Both off by default until a GPU measurement shows them faster.
+# Off by default: on the H200 it made no difference through the noise (docs/BENCHMARKS.md, session 10).
 CONV_BACKEND = os.environ.get("VISION_MAMBA_CONV", "aten")
-try:
-    import depthwise_conv_triton as _triton_conv
-except ImportError:  # CPU-only installs may lack Triton
-    _triton_conv = None
 
 
 def _convs_as_shifts():
@@ -306,8 +321,6 @@ def causal_conv(conv, u):
 def grid_conv(conv, tokens, side):
     """conv, a depthwise 3x3 Conv2d with padding 1, over tokens laid out row-major on a side x side
     grid: (B, L, C) -> (B, L, C)."""
-    if CONV_BACKEND == "triton" and tokens.is_cuda and _triton_conv is not None:
-        return _triton_conv.dwconv3x3(tokens, conv.weight, conv.bias, side)
     if _convs_as_shifts():
         padded = F.pad(tokens.unflatten(1, (side, side)), (0, 0, 1, 1, 1, 1))  # (B, H/p+2, W/p+2, C), zero border
         weight = conv.weight[:, 0].to(tokens.dtype)  # (C, 3, 3)

@@ -184,6 +184,19 @@ def test_attention_ops_outputs_are_laid_out_as_their_fakes_promise(masked):
     torch.library.opcheck(vm.attention_core_backward, (q, k, v, allowed, 0.5, grad))
 
 
+def test_compile_caches_are_keyed_by_the_custom_ops_source(tmp_path):
+    # a compiled graph cached before an op's code changed must not be reused after: the key changes with the files
+    import shutil
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for name in vm.OP_FILES:
+        shutil.copy(os.path.join(root, name), tmp_path / name)
+    before = vm.ops_cache_tag(tmp_path)
+    assert before == vm.ops_cache_tag(root) and torch.compiler.config.cache_key_tag.endswith(before)
+    with open(tmp_path / vm.OP_FILES[-1], "a") as f:
+        f.write("\n# an edit\n")
+    assert vm.ops_cache_tag(tmp_path) != before
+
+
 def test_attention_core_backward_runs_in_fp32_under_autocast():
     # bf16 inputs, fp32 arithmetic: the gradients must match the fp32 computation rounded once to bf16
     torch.manual_seed(0)
@@ -452,34 +465,3 @@ def run_in_triton_interpreter(script):
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([root, os.path.join(root, "tests")])}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env, cwd=root)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
-
-
-def test_triton_depthwise_conv_matches_torchs_conv_in_the_interpreter():
-    """VISION_MAMBA_CONV=triton's kernels against the grid conv they replace, run on the CPU by Triton's
-    interpreter: values and gradients, grids of 7x7 and 8x8, channels and pixels that end in part blocks,
-    and input that is a channel slice of a wider tensor (the SSM's half of in_proj)."""
-    pytest.importorskip("triton")
-    script = (
-        "import torch, depthwise_conv_triton as k\n"
-        "from test_model import rel_err\n"
-        "from vision_mamba import grid_conv\n"
-        "torch.manual_seed(0)\n"
-        "for batch, side, channels, sliced in [(3, 7, 40, False), (2, 8, 70, True)]:\n"
-        "    conv = torch.nn.Conv2d(channels, channels, 3, padding=1, groups=channels)\n"
-        "    wide = torch.randn(batch, side * side, 2 * channels)\n"
-        "    x = wide[..., :channels] if sliced else wide[..., :channels].contiguous()\n"
-        "    x.requires_grad_(True)\n"
-        "    out = k.dwconv3x3(x, conv.weight, conv.bias, side)\n"
-        "    want = grid_conv(conv, x, side)\n"
-        "    assert rel_err(out, want) < 1e-5, rel_err(out, want)\n"
-        "    g = torch.randn_like(out)\n"
-        "    got = torch.autograd.grad(out, (x, conv.weight, conv.bias), g)\n"
-        "    ref = torch.autograd.grad(want, (x, conv.weight, conv.bias), g)\n"
-        "    for a, b in zip(got, ref):\n"
-        "        assert a.shape == b.shape and rel_err(a, b) < 1e-5, rel_err(a, b)\n"
-        "    low = k.dwconv3x3(x.detach().bfloat16(), conv.weight, conv.bias, side)\n"
-        "    assert low.dtype == torch.bfloat16 and rel_err(low, want) < 1e-2\n"
-        "    torch.library.opcheck(k.dwconv3x3, (x.detach(), conv.weight.detach(), conv.bias.detach(), side))\n"
-        "    torch.library.opcheck(k.dwconv3x3_backward, (g, x.detach(), conv.weight.detach(), side))\n"
-        "print('ok')\n")
-    run_in_triton_interpreter(script)
