@@ -26,8 +26,8 @@ from config import MAX_TTA_SHIFT, ConfigError, apply_overrides
 from data_pipeline import DataError, create_data_loaders, dataset_info, error_line
 from reporting import (classification_metrics, plot_confusion_matrix, plot_image_grid, plot_per_class_accuracy,
                        write_json)
-from train_vision_mamba import (USER_ERRORS, OneLineArgumentParser, UsageError, check_output_writable, loss_and_accuracy,
-                                predict, resolve_device)
+from train_vision_mamba import (USER_ERRORS, OneLineArgumentParser, UsageError, check_backend_env, check_output_writable,
+                                loss_and_accuracy, predict, resolve_device)
 
 
 def parse_args(argv=None):
@@ -176,6 +176,7 @@ def print_summary(metrics, class_names):
 def main(argv=None):
     try:
         args = parse_args(argv)
+        check_backend_env()
         state = load_checkpoint(args.checkpoint)
         model, config = model_from_checkpoint(state, args.checkpoint)
         device = resolve_device(args.device)

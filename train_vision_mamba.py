@@ -44,7 +44,7 @@ from checkpoints import (FORMAT, CheckpointError, CheckpointWriter, OutputWriteE
 from config import ConfigError, apply_overrides, load_config, model_from_config, parse_value
 from data_pipeline import DataError, create_data_loaders, dataset_info, error_line, mix_batch
 from reporting import classification_metrics, plot_confusion_matrix, plot_training_curves, write_json
-from vision_mamba import count_parameters, model_kwargs
+from vision_mamba import backend_env_problem, count_parameters, model_kwargs
 
 TOOLKIT_VERSION = "0.1.0"
 USER_ERRORS = (ConfigError, DataError, CheckpointError, OutputWriteError)
@@ -52,6 +52,12 @@ USER_ERRORS = (ConfigError, DataError, CheckpointError, OutputWriteError)
 
 class UsageError(ValueError):
     """A bad command line or output location, worded for the user (one line)."""
+
+
+def check_backend_env():
+    problem = backend_env_problem()
+    if problem:
+        raise UsageError(problem)
 
 
 class TrainingDiverged(RuntimeError):
@@ -881,6 +887,7 @@ def _prune_epoch_checkpoints(directory, keep):
 def prepare(argv):
     """Parse and check everything that can be checked before any file is written."""
     args = parse_args(argv)
+    check_backend_env()
     overrides = cli_overrides(args)
     config = load_config(args.config or "digits")
     config = apply_overrides(config, overrides)

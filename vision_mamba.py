@@ -143,6 +143,17 @@ def _shift(x, reverse=False):
 # computation without the (B, L, G, N, E) round trips through memory. VISION_MAMBA_SCAN=torch
 # forces the pure-PyTorch path everywhere.
 SCAN_BACKEND = os.environ.get("VISION_MAMBA_SCAN", "auto")
+BACKEND_CHOICES = {"VISION_MAMBA_SCAN": ("auto", "torch"), "VISION_MAMBA_CONV": ("aten", "shifts")}
+
+
+def backend_env_problem():
+    """A line naming an environment setting this module does not know (a typo, or session 21's removed
+    VISION_MAMBA_CONV=triton), which it would otherwise ignore without a word; None if all are known."""
+    for name, choices in BACKEND_CHOICES.items():
+        value = os.environ.get(name)
+        if value is not None and value not in choices:
+            return f"{name}={value!r} is not one of {', '.join(choices)}; unset it or pick one of those"
+    return None
 try:
     import selective_scan_triton as _triton_scan
 except ImportError:  # CPU-only installs may lack Triton

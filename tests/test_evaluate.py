@@ -160,3 +160,10 @@ def test_a_checkpoint_with_grid_convs_is_rebuilt_and_scores_what_training_report
     metrics = json.loads((tmp_path / "ev0" / "metrics.json").read_text())
     assert metrics["tta"] is False and metrics["tta_shift"] == 0
     assert "test-time views       image\n" in capsys.readouterr().out
+
+
+def test_unknown_backend_setting_exits_2_before_reading_anything(checkpoint, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("VISION_MAMBA_CONV", "triton")
+    result = run_main(evaluate_model.main, ["--checkpoint", str(checkpoint), "--output_dir", str(tmp_path / "ev")], capsys)
+    assert_one_line_error(result, "VISION_MAMBA_CONV='triton'", "aten, shifts")
+    assert not (tmp_path / "ev").exists()
