@@ -36,8 +36,8 @@ from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data_pipeline  # noqa: E402
 from config import COMPILE_MODES, ConfigError, apply_overrides, get_preset  # noqa: E402
-from train_vision_mamba import (UsageError, amp_dtype, build_model, compile_model, cudagraphs_enabled,  # noqa: E402
-                                make_step_parts, resolve_compile_mode, set_overrides, train_step)
+from train_vision_mamba import (UsageError, amp_dtype, build_model, check_backend_env, compile_model,  # noqa: E402
+                                cudagraphs_enabled, make_step_parts, resolve_compile_mode, set_overrides, train_step)
 import vision_mamba  # noqa: E402
 from vision_mamba import BLOCK_TYPES, MODEL_SIZES, SSM_CONVS, STEMS, count_parameters  # noqa: E402
 
@@ -235,6 +235,7 @@ def main():
     cuda = device.type == "cuda"
     args.batch_sizes = args.batch_sizes or ([256, 512, 1024] if cuda else [32])
     try:  # every row's config checked before the first one runs
+        check_backend_env()  # the rows say how the convs ran: VISION_MAMBA_CONV must be a known value
         args.overrides = set_overrides(args.set)
         for row in itertools.product(args.sizes, args.block_types, args.batch_sizes):
             bench_config(args, device, *row)

@@ -96,6 +96,13 @@ def test_bench_train_rejects_an_unknown_block_type_in_a_pattern(monkeypatch, cap
     assert result.returncode == 2 and "'mamba' is not one of hybrid, ssm, attention" in result.stderr
 
 
+def test_bench_train_refuses_an_unknown_conv_backend(monkeypatch, capsys):
+    # its rows record VISION_MAMBA_CONV: an unknown value would be timed as cuDNN but written down as itself
+    monkeypatch.setenv("VISION_MAMBA_CONV", "triton")
+    result = run_benchmark_main("bench_train", ["--device", "cpu"], monkeypatch, capsys)
+    assert result.returncode == 2 and "VISION_MAMBA_CONV='triton' is not one of aten, shifts" in result.stderr
+
+
 def test_run_seeds_trains_each_seed_and_reports_mean_and_spread(tmp_path):
     out = tmp_path / "seeds"
     # from another folder, with a relative --output_dir: the runs write where the caller meant
