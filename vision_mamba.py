@@ -141,8 +141,22 @@ def _shift(x, reverse=False):
 
 # On CUDA the scan runs as two fused Triton kernels (selective_scan_triton.py), the same
 # computation without the (B, L, G, N, E) round trips through memory. VISION_MAMBA_SCAN=torch
-# forces the pure-PyTorch path everywhere.
-SCAN_BACKEND = os.environ.get("VISION_MAMBA_SCAN", "auto")
+# forces the pure-PyTorch path everywhere. The environment settings that pick a backend (this one, and
+# VISION_MAMBA_CONV below), each with its allowed values, the default first.
+BACKEND_CHOICES = {"VISION_MAMBA_SCAN": ("auto", "torch"), "VISION_MAMBA_CONV": ("aten", "shifts")}
+SCAN_BACKEND = os.environ.get("VISION_MAMBA_SCAN", BACKEND_CHOICES["VISION_MAMBA_SCAN"][0])
+
+
+def backend_env_problem():
+    """A line naming an environment setting this module does not know (a typo, or session 21's removed
+    VISION_MAMBA_CONV=triton), which it would otherwise ignore without a word; None if all are known."""
+    for name, choices in BACKEND_CHOICES.items():
+        value = os.environ.get(name)
+        if value is not None and value not in choices:
+            return f"{name}={value!r} is not one of {', '.join(choices)}; unset it or pick one of those"
+    return None
+
+
 try:
     import selective_scan_triton as _triton_scan
 except ImportError:  # CPU-only installs may lack Triton
@@ -295,18 +309,7 @@ class ResidualConvPair(nn.Module):
 # kernel, causal_conv1d, for the same reason). Eager runs keep the conv kernels: the shifted
 # copies cost more there (CPU: 33-39 ms against 22-26 ms, forward and backward of one SSM conv).
 # Off by default: on the H200 it made no difference through the noise (docs/BENCHMARKS.md, session 10).
-CONV_BACKEND = os.environ.get("VISION_MAMBA_CONV", "aten")
-BACKEND_CHOICES = {"VISION_MAMBA_SCAN": ("auto", "torch"), "VISION_MAMBA_CONV": ("aten", "shifts")}
-
-
-def backend_env_problem():
-    """A line naming an environment setting this module does not know (a typo, or session 21's removed
-    VISION_MAMBA_CONV=triton), which it would otherwise ignore without a word; None if all are known."""
-    for name, choices in BACKEND_CHOICES.items():
-        value = os.environ.get(name)
-        if value is not None and value not in choices:
-            return f"{name}={value!r} is not one of {', '.join(choices)}; unset it or pick one of those"
-    return None
+CONV_BACKEND = os.environ.get("VISION_MAMBA_CONV", BACKEND_CHOICES["VISION_MAMBA_CONV"][0])
 
 
 def _convs_as_shifts():
