@@ -32,13 +32,6 @@ BWD_MAXNREG = 128  # 1.38 against 1.78 ms at one hybrid-tiny layer's shape (docs
 # speed (session 16). Chunks of 2 keep twice as many checkpoints, but fewer named states (Triton has no
 # register arrays) are live at once, which the register cap above needs.
 CHUNK = 2
-PARALLEL_BWD = True
-PARALLEL_FWD = True
-PARALLEL_MAX_TOKENS = 1024
-PARALLEL_TILE = 1024
-PARALLEL_WARPS = 8
-PARALLEL_TRANSPOSED = False
-PARALLEL_PROGRAMS = 1024
 
 
 @triton.jit
@@ -152,188 +145,9 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, gy_ptr, ckpt_
     tl.store(gD_ptr + pid_bg * E + e, g_D, mask=mask_e)
 
 
-@triton.jit
-def _linear_combine(a1, h1, a2, h2):
-    """Two steps of h[t] = a[t] h[t-1] + x[t] composed into one: (a1, h1), then (a2, h2)."""
-    return a1 * a2, h1 * a2 + h2
-
-
-@triton.jit
-def _scan_fwd_parallel_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr, L, G, E, channels_per_program,
-                              N: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_E: tl.constexpr):
-    """The forward with the tokens across threads, one state n at a time (as the backward below)."""
-    pid_bg = tl.program_id(0).to(tl.int64)
-    b, g = pid_bg // G, pid_bg % G
-    t = tl.arange(0, BLOCK_L)
-    valid = t < L
-    rows = (b * L + t) * G + g
-    first = tl.program_id(1) * channels_per_program
-    for e0 in tl.range(first, first + channels_per_program, BLOCK_E):
-        e = e0 + tl.arange(0, BLOCK_E)
-        mask_e = e < E
-        mask = valid[:, None] & mask_e[None, :]
-        offsets = rows[:, None] * E + e[None, :]
-        u = tl.load(u_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        dt = tl.load(delta_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        du = dt * u
-        y = u * tl.load(D_ptr + g * E + e, mask=mask_e, other=0.0)[None, :]
-        for k in tl.range(0, N):
-            A_k = tl.load(A_ptr + (g * E + e) * N + k, mask=mask_e, other=0.0)
-            B_k = tl.load(B_ptr + rows * N + k, mask=valid, other=0.0).to(tl.float32)
-            C_k = tl.load(C_ptr + rows * N + k, mask=valid, other=0.0).to(tl.float32)
-            _, h = tl.associative_scan((tl.exp(dt * A_k[None, :]), du * B_k[:, None]), 0, _linear_combine)
-            y += h * C_k[:, None]
-        tl.store(y_ptr + offsets, y, mask=mask)
-
-
-@triton.jit
-def _scan_bwd_parallel_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, gy_ptr,
-                              gu_ptr, gdelta_ptr, gA_ptr, gB_ptr, gC_ptr, gD_ptr, L, G, E, channels_per_program,
-                              N: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_E: tl.constexpr):
-    """The backward with the tokens across threads: one program holds all L tokens of a (BLOCK_L, BLOCK_E)
-    tile of channels and runs both recurrences as parallel scans, one state n at a time, so no state is
-    ever written to memory. The adjoint scan runs in reverse: g_h[t] = exp(delta[t+1] A) g_h[t+1] + Cm[t] g_y[t]."""
-    pid_bg = tl.program_id(0).to(tl.int64)
-    b, g = pid_bg // G, pid_bg % G
-    t = tl.arange(0, BLOCK_L)
-    n = tl.arange(0, N)
-    valid = t < L
-    rows = (b * L + t) * G + g  # (BLOCK_L,): token t of sequence (b, g) in the (B, L, G, .) layouts
-    g_B = tl.zeros((BLOCK_L, N), dtype=tl.float32)  # sums over this program's channels
-    g_C = tl.zeros((BLOCK_L, N), dtype=tl.float32)
-    first = tl.program_id(1) * channels_per_program
-    for e0 in tl.range(first, first + channels_per_program, BLOCK_E):
-        e = e0 + tl.arange(0, BLOCK_E)
-        mask_e = e < E
-        mask = valid[:, None] & mask_e[None, :]
-        offsets = rows[:, None] * E + e[None, :]  # (BLOCK_L, BLOCK_E)
-        u = tl.load(u_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        dt = tl.load(delta_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        gy = tl.load(gy_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        # delta of the next token (zero past the end): the adjoint's decay at t is the forward's at t + 1
-        dt_next = tl.load(delta_ptr + offsets + G * E, mask=(t + 1 < L)[:, None] & mask_e[None, :], other=0.0).to(tl.float32)
-        du = dt * u
-        g_x_dot_B = tl.zeros((BLOCK_L, BLOCK_E), dtype=tl.float32)  # dL/d(delta * u), summed over n
-        g_delta_decay = tl.zeros((BLOCK_L, BLOCK_E), dtype=tl.float32)  # the decays' part of dL/d(delta)
-        for k in tl.range(0, N):
-            A_k = tl.load(A_ptr + (g * E + e) * N + k, mask=mask_e, other=0.0)  # (BLOCK_E,)
-            B_k = tl.load(B_ptr + rows * N + k, mask=valid, other=0.0).to(tl.float32)  # (BLOCK_L,)
-            C_k = tl.load(C_ptr + rows * N + k, mask=valid, other=0.0).to(tl.float32)
-            x = du * B_k[:, None]
-            _, h = tl.associative_scan((tl.exp(dt * A_k[None, :]), x), 0, _linear_combine)
-            _, g_h = tl.associative_scan((tl.exp(dt_next * A_k[None, :]), gy * C_k[:, None]), 0, _linear_combine,
-                                         reverse=True)
-            g_C = tl.where(n[None, :] == k, g_C + tl.sum(h * gy, axis=1)[:, None], g_C)
-            g_B = tl.where(n[None, :] == k, g_B + tl.sum(g_h * du, axis=1)[:, None], g_B)
-            g_x_dot_B += g_h * B_k[:, None]
-            # d/d(log decay[t]) = g_h[t] * decay[t] * h[t-1] = g_h[t] * (h[t] - x[t])
-            g_log_decay = g_h * (h - x)
-            g_delta_decay += g_log_decay * A_k[None, :]
-            tl.store(gA_ptr + (pid_bg * E + e) * N + k, tl.sum(g_log_decay * dt, axis=0), mask=mask_e)
-        D = tl.load(D_ptr + g * E + e, mask=mask_e, other=0.0)
-        tl.store(gdelta_ptr + offsets, g_delta_decay + g_x_dot_B * u, mask=mask)
-        tl.store(gu_ptr + offsets, g_x_dot_B * dt + D[None, :] * gy, mask=mask)
-        tl.store(gD_ptr + pid_bg * E + e, tl.sum(gy * u, axis=0), mask=mask_e)
-    partial_rows = tl.program_id(1).to(tl.int64) * tl.num_programs(0) * L  # this channel split's (B, L, G, N) slice
-    tl.store(gB_ptr + (partial_rows + rows)[:, None] * N + n[None, :], g_B, mask=valid[:, None])
-    tl.store(gC_ptr + (partial_rows + rows)[:, None] * N + n[None, :], g_C, mask=valid[:, None])
-
-
-@triton.jit
-def _scan_fwd_parallelT_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr, L, G, E, channels_per_program,
-                              N: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_E: tl.constexpr):
-    """The forward with the tokens across threads, one state n at a time (as the backward below)."""
-    pid_bg = tl.program_id(0).to(tl.int64)
-    b, g = pid_bg // G, pid_bg % G
-    t = tl.arange(0, BLOCK_L)
-    valid = t < L
-    rows = (b * L + t) * G + g
-    first = tl.program_id(1) * channels_per_program
-    for e0 in tl.range(first, first + channels_per_program, BLOCK_E):
-        e = e0 + tl.arange(0, BLOCK_E)
-        mask_e = e < E
-        mask = valid[None, :] & mask_e[:, None]
-        offsets = rows[None, :] * E + e[:, None]
-        u = tl.load(u_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        dt = tl.load(delta_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        du = dt * u
-        y = u * tl.load(D_ptr + g * E + e, mask=mask_e, other=0.0)[:, None]
-        for k in tl.range(0, N):
-            A_k = tl.load(A_ptr + (g * E + e) * N + k, mask=mask_e, other=0.0)
-            B_k = tl.load(B_ptr + rows * N + k, mask=valid, other=0.0).to(tl.float32)
-            C_k = tl.load(C_ptr + rows * N + k, mask=valid, other=0.0).to(tl.float32)
-            _, h = tl.associative_scan((tl.exp(dt * A_k[:, None]), du * B_k[None, :]), 1, _linear_combine)
-            y += h * C_k[None, :]
-        tl.store(y_ptr + offsets, y, mask=mask)
-
-
-@triton.jit
-def _scan_bwd_parallelT_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, gy_ptr,
-                              gu_ptr, gdelta_ptr, gA_ptr, gB_ptr, gC_ptr, gD_ptr, L, G, E, channels_per_program,
-                              N: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_E: tl.constexpr):
-    """The backward with the tokens across threads: one program holds all L tokens of a (BLOCK_L, BLOCK_E)
-    tile of channels and runs both recurrences as parallel scans, one state n at a time, so no state is
-    ever written to memory. The adjoint scan runs in reverse: g_h[t] = exp(delta[t+1] A) g_h[t+1] + Cm[t] g_y[t]."""
-    pid_bg = tl.program_id(0).to(tl.int64)
-    b, g = pid_bg // G, pid_bg % G
-    t = tl.arange(0, BLOCK_L)
-    n = tl.arange(0, N)
-    valid = t < L
-    rows = (b * L + t) * G + g  # (BLOCK_L,): token t of sequence (b, g) in the (B, L, G, .) layouts
-    g_B = tl.zeros((BLOCK_L, N), dtype=tl.float32)  # sums over this program's channels
-    g_C = tl.zeros((BLOCK_L, N), dtype=tl.float32)
-    first = tl.program_id(1) * channels_per_program
-    for e0 in tl.range(first, first + channels_per_program, BLOCK_E):
-        e = e0 + tl.arange(0, BLOCK_E)
-        mask_e = e < E
-        mask = valid[None, :] & mask_e[:, None]
-        offsets = rows[None, :] * E + e[:, None]  # (BLOCK_L, BLOCK_E)
-        u = tl.load(u_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        dt = tl.load(delta_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        gy = tl.load(gy_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        # delta of the next token (zero past the end): the adjoint's decay at t is the forward's at t + 1
-        dt_next = tl.load(delta_ptr + offsets + G * E, mask=(t + 1 < L)[None, :] & mask_e[:, None], other=0.0).to(tl.float32)
-        du = dt * u
-        g_x_dot_B = tl.zeros((BLOCK_E, BLOCK_L), dtype=tl.float32)  # dL/d(delta * u), summed over n
-        g_delta_decay = tl.zeros((BLOCK_E, BLOCK_L), dtype=tl.float32)  # the decays' part of dL/d(delta)
-        for k in tl.range(0, N):
-            A_k = tl.load(A_ptr + (g * E + e) * N + k, mask=mask_e, other=0.0)  # (BLOCK_E,)
-            B_k = tl.load(B_ptr + rows * N + k, mask=valid, other=0.0).to(tl.float32)  # (BLOCK_L,)
-            C_k = tl.load(C_ptr + rows * N + k, mask=valid, other=0.0).to(tl.float32)
-            x = du * B_k[None, :]
-            _, h = tl.associative_scan((tl.exp(dt * A_k[:, None]), x), 1, _linear_combine)
-            _, g_h = tl.associative_scan((tl.exp(dt_next * A_k[:, None]), gy * C_k[None, :]), 1, _linear_combine,
-                                         reverse=True)
-            g_C = tl.where(n[None, :] == k, g_C + tl.sum(h * gy, axis=0)[:, None], g_C)
-            g_B = tl.where(n[None, :] == k, g_B + tl.sum(g_h * du, axis=0)[:, None], g_B)
-            g_x_dot_B += g_h * B_k[None, :]
-            # d/d(log decay[t]) = g_h[t] * decay[t] * h[t-1] = g_h[t] * (h[t] - x[t])
-            g_log_decay = g_h * (h - x)
-            g_delta_decay += g_log_decay * A_k[:, None]
-            tl.store(gA_ptr + (pid_bg * E + e) * N + k, tl.sum(g_log_decay * dt, axis=1), mask=mask_e)
-        D = tl.load(D_ptr + g * E + e, mask=mask_e, other=0.0)
-        tl.store(gdelta_ptr + offsets, g_delta_decay + g_x_dot_B * u, mask=mask)
-        tl.store(gu_ptr + offsets, g_x_dot_B * dt + D[:, None] * gy, mask=mask)
-        tl.store(gD_ptr + pid_bg * E + e, tl.sum(gy * u, axis=1), mask=mask_e)
-    partial_rows = tl.program_id(1).to(tl.int64) * tl.num_programs(0) * L  # this channel split's (B, L, G, N) slice
-    tl.store(gB_ptr + (partial_rows + rows)[:, None] * N + n[None, :], g_B, mask=valid[:, None])
-    tl.store(gC_ptr + (partial_rows + rows)[:, None] * N + n[None, :], g_C, mask=valid[:, None])
-
-
 def supports(d_state):
     """The kernels need a power-of-two state size (tl.arange) of at most 64."""
     return d_state & (d_state - 1) == 0 and 1 <= d_state <= 64
-
-
-def _parallel_launch(u):
-    """The token-parallel kernels' tile (BLOCK_L, BLOCK_E), channels per program and channel splits."""
-    batch, length, groups, inner = u.shape
-    block_l = triton.next_power_of_2(length)
-    block_e = max(1, PARALLEL_TILE // block_l)
-    # channels split over programs only where (b, g) alone would leave SMs idle (small batches)
-    splits = min(triton.cdiv(inner, block_e), triton.cdiv(PARALLEL_PROGRAMS, batch * groups))
-    per_program = triton.cdiv(triton.cdiv(inner, splits), block_e) * block_e
-    return block_l, block_e, per_program, triton.cdiv(inner, per_program)
 
 
 def _grid(u, block_e):
@@ -352,12 +166,6 @@ def scan_forward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: torc
     A, D = A.float().contiguous(), D.float().contiguous()
     _, length, groups, inner = u.shape
     y = torch.empty(u.shape, dtype=torch.float32, device=u.device)
-    if PARALLEL_FWD and triton.next_power_of_2(length) <= PARALLEL_MAX_TOKENS:
-        block_l, block_e, per_program, splits = _parallel_launch(u)
-        (_scan_fwd_parallelT_kernel if PARALLEL_TRANSPOSED else _scan_fwd_parallel_kernel)[(u.shape[0] * groups, splits)](
-            u, delta, A, Bm, Cm, D, y, length, groups, inner, per_program,
-            N=A.shape[-1], BLOCK_L=block_l, BLOCK_E=block_e, num_warps=PARALLEL_WARPS)
-        return y
     _scan_fwd_kernel[_grid(u, BLOCK_E)](u, delta, A, Bm, Cm, D, y, length, groups, inner, N=A.shape[-1],
                                         BLOCK_E=BLOCK_E, STAGES=STAGES, num_warps=NUM_WARPS)
     return y
@@ -378,21 +186,15 @@ def scan_backward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: tor
     batch, length, groups, inner = u.shape
     d_state = A.shape[-1]
     f32 = dict(dtype=torch.float32, device=u.device)
+    grid = _grid(u, BWD_BLOCK_E)
+    checkpoints = torch.empty(batch * groups, triton.cdiv(length, CHUNK), inner, d_state, **f32)
     g_u, g_delta = torch.empty(u.shape, **f32), torch.empty(u.shape, **f32)
-    g_A, g_D = torch.empty(batch, *A.shape, **f32), torch.empty(batch, *D.shape, **f32)  # per sample, summed below
-    if PARALLEL_BWD and triton.next_power_of_2(length) <= PARALLEL_MAX_TOKENS:
-        block_l, block_e, per_program, splits = _parallel_launch(u)
-        g_B, g_C = torch.empty(splits, *Bm.shape, **f32), torch.empty(splits, *Cm.shape, **f32)  # per split
-        (_scan_bwd_parallelT_kernel if PARALLEL_TRANSPOSED else _scan_bwd_parallel_kernel)[(batch * groups, splits)](
-            u, delta, A, Bm, Cm, D, g_y, g_u, g_delta, g_A, g_B, g_C, g_D, length, groups, inner, per_program,
-            N=d_state, BLOCK_L=block_l, BLOCK_E=block_e, num_warps=PARALLEL_WARPS)
-    else:
-        grid = _grid(u, BWD_BLOCK_E)
-        checkpoints = torch.empty(batch * groups, triton.cdiv(length, CHUNK), inner, d_state, **f32)
-        g_B, g_C = torch.empty(grid[1], *Bm.shape, **f32), torch.empty(grid[1], *Cm.shape, **f32)  # per channel block
-        _scan_bwd_kernel[grid](u, delta, A, Bm, Cm, D, g_y, checkpoints, g_u, g_delta, g_A, g_B, g_C, g_D,
-                               length, groups, inner, N=d_state, BLOCK_E=BWD_BLOCK_E, STAGES=BWD_STAGES, CHUNK=CHUNK,
-                               num_warps=BWD_NUM_WARPS, maxnreg=BWD_MAXNREG)
+    channel_blocks = grid[1]  # partial sums, added up below: per channel block for Bm, Cm, per sample for A, D
+    g_B, g_C = torch.empty(channel_blocks, *Bm.shape, **f32), torch.empty(channel_blocks, *Cm.shape, **f32)
+    g_A, g_D = torch.empty(batch, *A.shape, **f32), torch.empty(batch, *D.shape, **f32)
+    _scan_bwd_kernel[grid](u, delta, A, Bm, Cm, D, g_y, checkpoints, g_u, g_delta, g_A, g_B, g_C, g_D,
+                           length, groups, inner, N=d_state, BLOCK_E=BWD_BLOCK_E, STAGES=BWD_STAGES, CHUNK=CHUNK,
+                           num_warps=BWD_NUM_WARPS, maxnreg=BWD_MAXNREG)
     return g_u, g_delta, g_A.sum(0), g_B.sum(0), g_C.sum(0), g_D.sum(0)
 
 
