@@ -3,9 +3,9 @@
 Triton ships with PyTorch's CUDA builds and compiles these kernels just in time: no custom
 CUDA build. Like Mamba's own kernel, each program keeps the (BLOCK_E, N) state of one sequence
 in registers and walks the tokens in order, so the (B, L, G, E, N) states never travel through
-GPU memory in the forward pass. The backward pass recomputes the states, keeping one in every
-CHUNK as a checkpoint, then runs the adjoint recurrence in reverse a chunk at a time, each chunk's
-states recomputed from its checkpoint into registers:
+GPU memory in full. When a backward pass will follow, the forward pass also writes the state
+before every CHUNK tokens as a checkpoint; the backward then runs the adjoint recurrence in
+reverse a chunk at a time, each chunk's states recomputed from its checkpoint into registers:
     g_h[t] = exp(delta[t+1] A) g_h[t+1] + Cm[t] g_y[t]
 Sums that span programs (g_Bm, g_Cm over channel blocks; g_A, g_D over the batch) are written
 as per-program partial sums that torch adds up afterwards: no atomics, deterministic gradients.
@@ -30,13 +30,16 @@ BWD_MAXNREG = 128  # 1.38 against 1.78 ms at one hybrid-tiny layer's shape (docs
 # 1.6 GB a layer for hybrid-tiny at batch 1024. Now only the state before each chunk of CHUNK tokens
 # goes through memory: with chunks of 4 the training step's peak memory fell by 1.1 GiB, at the same
 # speed (session 16). Chunks of 2 keep twice as many checkpoints, but fewer named states (Triton has no
-# register arrays) are live at once, which the register cap above needs.
+# register arrays) are live at once, which the register cap above needs. Until session 24 the backward
+# recomputed the checkpoints itself in a forward sweep of its own; the forward pass, which computes
+# every state anyway, now writes them, and they are kept until the backward (0.8 GB a layer for
+# hybrid-tiny at batch 1024).
 CHUNK = 2
 
 
 @triton.jit
-def _scan_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr, L, G, E,
-                     N: tl.constexpr, BLOCK_E: tl.constexpr, STAGES: tl.constexpr):
+def _scan_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr, ckpt_ptr, L, G, E, N: tl.constexpr,
+                     BLOCK_E: tl.constexpr, STAGES: tl.constexpr, CHUNK: tl.constexpr, SAVE_CHECKPOINTS: tl.constexpr):
     pid_bg = tl.program_id(0).to(tl.int64)  # one sequence (b, g) per row of the grid
     b, g = pid_bg // G, pid_bg % G
     e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
@@ -44,16 +47,20 @@ def _scan_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr, L, G, 
     mask_e = e < E
     A = tl.load(A_ptr + (g * E + e)[:, None] * N + n[None, :], mask=mask_e[:, None], other=0.0)
     D = tl.load(D_ptr + g * E + e, mask=mask_e, other=0.0)
+    chunks = tl.cdiv(L, CHUNK)
+    ckpt_rows = pid_bg * chunks  # this sequence's (chunks, E, N) checkpoints
     h = tl.zeros((BLOCK_E, N), dtype=tl.float32)
-    for t in tl.range(0, L, num_stages=STAGES):
-        row = (b * L + t) * G + g  # (b, t, g) in the (B, L, G, .) layouts
-        u = tl.load(u_ptr + row * E + e, mask=mask_e, other=0.0).to(tl.float32)
-        dt = tl.load(delta_ptr + row * E + e, mask=mask_e, other=0.0).to(tl.float32)
-        Bt = tl.load(B_ptr + row * N + n).to(tl.float32)
-        Ct = tl.load(C_ptr + row * N + n).to(tl.float32)
-        h = _step(h, A, u, dt, Bt)
-        y = tl.sum(h * Ct[None, :], axis=1) + D * u
-        tl.store(y_ptr + row * E + e, y, mask=mask_e)
+    for c in tl.range(0, chunks, num_stages=STAGES):
+        if SAVE_CHECKPOINTS:  # the state before chunk c, for the backward
+            tl.store(ckpt_ptr + ((ckpt_rows + c) * E + e)[:, None] * N + n[None, :], h, mask=mask_e[:, None])
+        for k in tl.static_range(CHUNK):
+            t = c * CHUNK + k
+            row = (b * L + t) * G + g  # (b, t, g) in the (B, L, G, .) layouts
+            u, dt, Bt = _token_inputs(u_ptr, delta_ptr, B_ptr, row, t < L, E, e, n, mask_e, N)
+            Ct = tl.load(C_ptr + row * N + n, mask=(n >= 0) & (t < L), other=0.0).to(tl.float32)
+            h = _step(h, A, u, dt, Bt)
+            y = tl.sum(h * Ct[None, :], axis=1) + D * u
+            tl.store(y_ptr + row * E + e, y, mask=mask_e & (t < L))
 
 
 @triton.jit
@@ -69,13 +76,6 @@ def _token_inputs(u_ptr, delta_ptr, B_ptr, row, valid, E, e, n, mask_e, N: tl.co
 def _step(h, A, u, dt, Bt):
     """The state after a token from the state before it (a token past the end, all zeros, keeps it)."""
     return tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bt[None, :]
-
-
-@triton.jit
-def _advance(h, A, u_ptr, delta_ptr, B_ptr, b, g, t, L, G, E, e, n, mask_e, N: tl.constexpr):
-    """The state after token t from the state before it."""
-    u, dt, Bt = _token_inputs(u_ptr, delta_ptr, B_ptr, (b * L + t) * G + g, t < L, E, e, n, mask_e, N)
-    return _step(h, A, u, dt, Bt)
 
 
 @triton.jit
@@ -105,6 +105,7 @@ def _adjoint_step(h_t, u, dt, Bt, g_h, g_A, g_D, A, D, C_ptr, gy_ptr, gu_ptr, gd
 def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, gy_ptr, ckpt_ptr,
                      gu_ptr, gdelta_ptr, gA_ptr, gB_ptr, gC_ptr, gD_ptr, L, G, E,
                      N: tl.constexpr, BLOCK_E: tl.constexpr, STAGES: tl.constexpr, CHUNK: tl.constexpr):
+    """ckpt_ptr: the forward pass's checkpoints, (B * G, cdiv(L, CHUNK), E, N)."""
     tl.static_assert(CHUNK == 2, "the reverse pass below is written out for chunks of 2 tokens")
     pid_bg = tl.program_id(0).to(tl.int64)
     b, g = pid_bg // G, pid_bg % G
@@ -116,13 +117,6 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, gy_ptr, ckpt_
     D = tl.load(D_ptr + g * E + e, mask=mask_e, other=0.0)
     chunks = tl.cdiv(L, CHUNK)
     ckpt_rows = pid_bg * chunks  # this sequence's (chunks, E, N) checkpoints
-
-    h = tl.zeros((BLOCK_E, N), dtype=tl.float32)
-    for c in tl.range(0, chunks - 1, num_stages=STAGES):  # forward: the state before each chunk
-        tl.store(ckpt_ptr + ((ckpt_rows + c) * E + e)[:, None] * N + n[None, :], h, mask=mask_en)
-        for k in tl.static_range(CHUNK):
-            h = _advance(h, A, u_ptr, delta_ptr, B_ptr, b, g, c * CHUNK + k, L, G, E, e, n, mask_e, N)
-    tl.store(ckpt_ptr + ((ckpt_rows + chunks - 1) * E + e)[:, None] * N + n[None, :], h, mask=mask_en)  # the last chunk's
 
     g_h = tl.zeros((BLOCK_E, N), dtype=tl.float32)  # dL/dh[t], carried backwards
     g_A = tl.zeros((BLOCK_E, N), dtype=tl.float32)
@@ -160,44 +154,51 @@ def _grid(u, block_e):
 # strides for the buffers the kernels index by hand.
 @torch.library.custom_op("vision_mamba::scan_forward", mutates_args=())
 def scan_forward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tensor,
-                 D: torch.Tensor) -> torch.Tensor:
-    """y (B, L, G, E) fp32; inputs may be bf16/fp16/fp32."""
+                 D: torch.Tensor, save_checkpoints: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """y (B, L, G, E) fp32, and the checkpoints scan_backward needs (an empty tensor unless
+    save_checkpoints); inputs may be bf16/fp16/fp32."""
     u, delta, Bm, Cm = (t.contiguous() for t in (u, delta, Bm, Cm))
     A, D = A.float().contiguous(), D.float().contiguous()
     _, length, groups, inner = u.shape
     y = torch.empty(u.shape, dtype=torch.float32, device=u.device)
-    _scan_fwd_kernel[_grid(u, BLOCK_E)](u, delta, A, Bm, Cm, D, y, length, groups, inner, N=A.shape[-1],
-                                        BLOCK_E=BLOCK_E, STAGES=STAGES, num_warps=NUM_WARPS)
-    return y
+    checkpoints = _checkpoint_buffer(u, A, save_checkpoints)
+    _scan_fwd_kernel[_grid(u, BLOCK_E)](u, delta, A, Bm, Cm, D, y, checkpoints, length, groups, inner, N=A.shape[-1],
+                                        BLOCK_E=BLOCK_E, STAGES=STAGES, CHUNK=CHUNK if save_checkpoints else 1,
+                                        SAVE_CHECKPOINTS=save_checkpoints, num_warps=NUM_WARPS)
+    return y, checkpoints
+
+
+def _checkpoint_buffer(u, A, save_checkpoints, empty=torch.empty):
+    batch, length, groups, inner = u.shape
+    shape = (batch * groups, triton.cdiv(length, CHUNK), inner, A.shape[-1]) if save_checkpoints else (0,)
+    return empty(shape, dtype=torch.float32, device=u.device)
 
 
 @scan_forward.register_fake
-def _(u, delta, A, Bm, Cm, D):
-    return u.new_empty(u.shape, dtype=torch.float32)
+def _(u, delta, A, Bm, Cm, D, save_checkpoints):
+    return u.new_empty(u.shape, dtype=torch.float32), _checkpoint_buffer(u, A, save_checkpoints, u.new_empty)
 
 
 @torch.library.custom_op("vision_mamba::scan_backward", mutates_args=())
 def scan_backward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tensor,
-                  D: torch.Tensor, g_y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                               torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients (fp32) for u, delta, A, Bm, Cm, D."""
+                  D: torch.Tensor, checkpoints: torch.Tensor, g_y: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients (fp32) for u, delta, A, Bm, Cm, D; checkpoints from scan_forward(..., save_checkpoints=True)."""
     u, delta, Bm, Cm, g_y = (t.contiguous() for t in (u, delta, Bm, Cm, g_y))
     A, D = A.float().contiguous(), D.float().contiguous()
     batch, length, groups, inner = u.shape
-    d_state = A.shape[-1]
     f32 = dict(dtype=torch.float32, device=u.device)
     grid = _grid(u, BWD_BLOCK_E)
-    checkpoints = torch.empty(batch * groups, triton.cdiv(length, CHUNK), inner, d_state, **f32)
     g_u, g_delta = torch.empty(u.shape, **f32), torch.empty(u.shape, **f32)
     channel_blocks = grid[1]  # partial sums, added up below: per channel block for Bm, Cm, per sample for A, D
     g_B, g_C = torch.empty(channel_blocks, *Bm.shape, **f32), torch.empty(channel_blocks, *Cm.shape, **f32)
     g_A, g_D = torch.empty(batch, *A.shape, **f32), torch.empty(batch, *D.shape, **f32)
-    _scan_bwd_kernel[grid](u, delta, A, Bm, Cm, D, g_y, checkpoints, g_u, g_delta, g_A, g_B, g_C, g_D,
-                           length, groups, inner, N=d_state, BLOCK_E=BWD_BLOCK_E, STAGES=BWD_STAGES, CHUNK=CHUNK,
+    _scan_bwd_kernel[grid](u, delta, A, Bm, Cm, D, g_y, checkpoints.contiguous(), g_u, g_delta, g_A, g_B, g_C, g_D,
+                           length, groups, inner, N=A.shape[-1], BLOCK_E=BWD_BLOCK_E, STAGES=BWD_STAGES, CHUNK=CHUNK,
                            num_warps=BWD_NUM_WARPS, maxnreg=BWD_MAXNREG)
     return g_u, g_delta, g_A.sum(0), g_B.sum(0), g_C.sum(0), g_D.sum(0)
 
 
 @scan_backward.register_fake
-def _(u, delta, A, Bm, Cm, D, g_y):
+def _(u, delta, A, Bm, Cm, D, checkpoints, g_y):
     return tuple(t.new_empty(t.shape, dtype=torch.float32) for t in (u, delta, A, Bm, Cm, D))

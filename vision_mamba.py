@@ -188,11 +188,12 @@ class _SelectiveScanFn(torch.autograd.Function):
         return decay, linear_scan_(decay.clone(), x)
 
     @staticmethod
-    def forward(ctx, u, delta, A, Bm, Cm, D):
+    def forward(ctx, u, delta, A, Bm, Cm, D, backward_follows):
         ctx.fused = _use_fused_kernels(u, A.shape[-1])
         if ctx.fused:  # Triton on CUDA: reads any float dtype, computes in fp32
-            ctx.save_for_backward(u, delta, A, Bm, Cm, D)
-            return _triton_scan.scan_forward(u, delta, A, Bm, Cm, D)
+            y, checkpoints = _triton_scan.scan_forward(u, delta, A, Bm, Cm, D, backward_follows)
+            ctx.save_for_backward(u, delta, A, Bm, Cm, D, checkpoints)
+            return y
         with _autocast_off(u.device):
             u, delta, A, Bm, Cm, D = (t.float() for t in (u, delta, A, Bm, Cm, D))
             _, h = _SelectiveScanFn._decay_and_states(u, delta, A.transpose(-1, -2), Bm)
@@ -202,9 +203,9 @@ class _SelectiveScanFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_y):
-        u, delta, A, Bm, Cm, D = ctx.saved_tensors
         if ctx.fused:
-            return _triton_scan.scan_backward(u, delta, A, Bm, Cm, D, g_y)
+            return *_triton_scan.scan_backward(*ctx.saved_tensors, g_y), None
+        u, delta, A, Bm, Cm, D = ctx.saved_tensors
         with _autocast_off(u.device):
             g_y = g_y.float()
             A_ne = A.transpose(-1, -2)  # (G, N, E)
@@ -221,7 +222,7 @@ class _SelectiveScanFn(torch.autograd.Function):
             g_A = g_log_decay.mul_(delta[:, :, :, None, :]).sum((0, 1)).transpose(-1, -2)
             g_u = g_x_dot_B * delta + g_y * D
             g_D = (g_y * u).sum((0, 1))
-        return g_u, g_delta, g_A, g_Bm, g_Cm, g_D
+        return g_u, g_delta, g_A, g_Bm, g_Cm, g_D, None
 
 
 # On a CPU the scan runs over blocks of the batch whose (B, L, G, N, E) buffers stay around 4 MB:
@@ -235,9 +236,11 @@ def selective_scan(u, delta, A, Bm, Cm, D):
     block = batch
     if u.device.type == "cpu":
         block = max(1, CPU_SCAN_BLOCK_ELEMENTS // (length * groups * inner * A.shape[-1]))
+    # the fused forward writes the backward's checkpoints only when a backward can follow
+    backward_follows = torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, A, Bm, Cm, D))
     if block >= batch:
-        return _SelectiveScanFn.apply(u, delta, A, Bm, Cm, D)
-    return torch.cat([_SelectiveScanFn.apply(u_, delta_, A, Bm_, Cm_, D) for u_, delta_, Bm_, Cm_ in
+        return _SelectiveScanFn.apply(u, delta, A, Bm, Cm, D, backward_follows)
+    return torch.cat([_SelectiveScanFn.apply(u_, delta_, A, Bm_, Cm_, D, backward_follows) for u_, delta_, Bm_, Cm_ in
                       zip(u.split(block), delta.split(block), Bm.split(block), Cm.split(block))])
 
 

@@ -443,15 +443,19 @@ def test_fused_triton_kernels_match_the_reference_in_the_interpreter():
         "    inputs = [t.detach() for t in random_scan_inputs(*shape)]\n"
         "    ref = [t.double().requires_grad_() for t in inputs]\n"
         "    y_ref = selective_scan_ref(*ref)\n"
-        "    y = k.scan_forward(*inputs)\n"
+        "    y, checkpoints = k.scan_forward(*inputs, True)\n"
         "    assert rel_err(y, y_ref) < 1e-4, rel_err(y, y_ref)\n"
+        "    # without a backward to follow: the same output, and no checkpoints written\n"
+        "    y_inference, none = k.scan_forward(*inputs, False)\n"
+        "    assert torch.equal(y_inference, y) and none.numel() == 0\n"
         "    g_y = torch.randn_like(y)\n"
-        "    for g, g_ref in zip(k.scan_backward(*inputs, g_y), torch.autograd.grad(y_ref, ref, g_y.double())):\n"
+        "    for g, g_ref in zip(k.scan_backward(*inputs, checkpoints, g_y), torch.autograd.grad(y_ref, ref, g_y.double())):\n"
         "        assert rel_err(g, g_ref) < 1e-4, rel_err(g, g_ref)\n"
         "    # the custom-operator registration (schema, fake tensors, no hidden mutation) that\n"
         "    # torch.compile relies on\n"
-        "    torch.library.opcheck(k.scan_forward, inputs)\n"
-        "    torch.library.opcheck(k.scan_backward, inputs + [g_y])\n"
+        "    torch.library.opcheck(k.scan_forward, inputs + [True])\n"
+        "    torch.library.opcheck(k.scan_forward, inputs + [False])\n"
+        "    torch.library.opcheck(k.scan_backward, inputs + [checkpoints, g_y])\n"
         "print('ok')\n")
     run_in_triton_interpreter(script)
 
