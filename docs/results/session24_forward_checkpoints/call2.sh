@@ -4,11 +4,12 @@
 # then times the step with CUDA graphs in the other order than call 1: new first, then old.
 R=$(pwd); mkdir -p $OUT/c2 /tmp/old && git archive 4115ca7 | tar -x -C /tmp/old
 bench() {  # tree blocks [extra flags]
-  local dir=$R; [ $1 = old ] && dir=/tmp/old
-  (cd $dir && TORCHINDUCTOR_CACHE_DIR=/tmp/ind_$1_$2_$3 TRITON_CACHE_DIR=/tmp/tri_$1_$2_$3 \
+  local dir=$R tag=$1_$2; [ $1 = old ] && dir=/tmp/old
+  [ -n "$3" ] && tag=${tag}_profile
+  (cd $dir && TORCHINDUCTOR_CACHE_DIR=/tmp/ind_$tag TRITON_CACHE_DIR=/tmp/tri_$tag \
    timeout 200 python benchmarks/bench_train.py --device cuda --sizes tiny --block_types $2 --batch_sizes 1024 --steps 40 \
-   --warmup 10 $3 --json $OUT/c2/bench.jsonl > /tmp/b.$1.$2.txt 2>&1; tail -1 /tmp/b.$1.$2.txt | sed "s/^/$1 $3 /" >> $OUT/c2/bench.txt
-   [ -n "$3" ] && cp /tmp/b.$1.$2.txt $OUT/c2/prof_$1.txt)
+   --warmup 10 $3 --json $OUT/c2/bench.jsonl > /tmp/b.$tag.txt 2>&1; tail -1 /tmp/b.$tag.txt | sed "s/^/$1 $3 /" >> $OUT/c2/bench.txt
+   [ -n "$3" ] && cp /tmp/b.$tag.txt $OUT/c2/prof_$1.txt)
 }
 (export CUDA_VISIBLE_DEVICES=0; bench old hybrid "--no-cudagraphs --profile"; bench new hybrid; bench old hybrid) &
 (export CUDA_VISIBLE_DEVICES=1; bench new hybrid "--no-cudagraphs --profile"; bench new ssm,attention; bench old ssm,attention) &
