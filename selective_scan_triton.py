@@ -9,8 +9,12 @@ reverse a chunk at a time, each chunk's states recomputed from its checkpoint in
     g_h[t] = exp(delta[t+1] A) g_h[t+1] + Cm[t] g_y[t]
 Sums that span programs (g_Bm, g_Cm over channel blocks; g_A, g_D over the batch) are written
 as per-program partial sums that torch adds up afterwards: no atomics, deterministic gradients.
-Shapes and semantics are those of `vision_mamba.selective_scan_ref`: u, delta (B, L, G, E);
-A (G, E, N); Bm, Cm (B, L, G, N); D (G, E); all arithmetic in fp32.
+Semantics are those of `vision_mamba.selective_scan_ref`, all arithmetic in fp32, but the
+(B, L, G, .) tensors cross into and out of the operators flattened to 3-d: u, delta (B, L, G*E);
+Bm, Cm (B, L, G*N); A (G, E, N) and D (G, E) give G, E and N. In a compiled graph with convolutions,
+torch.compile lays 4-d activations out channels-last (inductor's layout optimisation), and each
+such tensor then cost a copy on its way into the kernels; 3-d tensors keep the row-major layout
+the kernels index by hand.
 Tested against the reference on the GPU and, through TRITON_INTERPRET=1, on the CPU.
 """
 import torch
@@ -105,7 +109,7 @@ def _adjoint_step(h_t, u, dt, Bt, g_h, g_A, g_D, A, D, C_ptr, gy_ptr, gu_ptr, gd
 def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, gy_ptr, ckpt_ptr,
                      gu_ptr, gdelta_ptr, gA_ptr, gB_ptr, gC_ptr, gD_ptr, L, G, E,
                      N: tl.constexpr, BLOCK_E: tl.constexpr, STAGES: tl.constexpr, CHUNK: tl.constexpr):
-    """ckpt_ptr: the forward pass's checkpoints, (B * G, cdiv(L, CHUNK), E, N)."""
+    """ckpt_ptr: the forward pass's checkpoints, (B * G, cdiv(L, CHUNK), E * N)."""
     tl.static_assert(CHUNK == 2, "the reverse pass below is written out for chunks of 2 tokens")
     pid_bg = tl.program_id(0).to(tl.int64)
     b, g = pid_bg // G, pid_bg % G
@@ -144,9 +148,9 @@ def supports(d_state):
     return d_state & (d_state - 1) == 0 and 1 <= d_state <= 64
 
 
-def _grid(u, block_e):
-    batch, _, groups, inner = u.shape
-    return (batch * groups, triton.cdiv(inner, block_e))
+def _grid(u, A, block_e):
+    groups, inner, _ = A.shape
+    return (u.shape[0] * groups, triton.cdiv(inner, block_e))
 
 
 # Registered as custom operators, so torch.compile treats each kernel as one opaque call on
@@ -155,22 +159,23 @@ def _grid(u, block_e):
 @torch.library.custom_op("vision_mamba::scan_forward", mutates_args=())
 def scan_forward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tensor,
                  D: torch.Tensor, save_checkpoints: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """y (B, L, G, E) fp32, and the checkpoints scan_backward needs (an empty tensor unless
+    """y (B, L, G*E) fp32, and the checkpoints scan_backward needs (an empty tensor unless
     save_checkpoints); inputs may be bf16/fp16/fp32."""
     u, delta, Bm, Cm = (t.contiguous() for t in (u, delta, Bm, Cm))
     A, D = A.float().contiguous(), D.float().contiguous()
-    _, length, groups, inner = u.shape
+    length = u.shape[1]
+    groups, inner, _ = A.shape
     y = torch.empty(u.shape, dtype=torch.float32, device=u.device)
     checkpoints = _checkpoint_buffer(u, A, save_checkpoints)
-    _scan_fwd_kernel[_grid(u, BLOCK_E)](u, delta, A, Bm, Cm, D, y, checkpoints, length, groups, inner, N=A.shape[-1],
+    _scan_fwd_kernel[_grid(u, A, BLOCK_E)](u, delta, A, Bm, Cm, D, y, checkpoints, length, groups, inner, N=A.shape[-1],
                                         BLOCK_E=BLOCK_E, STAGES=STAGES, CHUNK=CHUNK if save_checkpoints else 1,
                                         SAVE_CHECKPOINTS=save_checkpoints, num_warps=NUM_WARPS)
     return y, checkpoints
 
 
 def _checkpoint_buffer(u, A, save_checkpoints, empty=torch.empty):
-    batch, length, groups, inner = u.shape
-    shape = (batch * groups, triton.cdiv(length, CHUNK), inner, A.shape[-1]) if save_checkpoints else (0,)
+    groups, inner, d_state = A.shape
+    shape = (u.shape[0] * groups, triton.cdiv(u.shape[1], CHUNK), inner * d_state) if save_checkpoints else (0,)
     return empty(shape, dtype=torch.float32, device=u.device)
 
 
@@ -183,12 +188,14 @@ def _(u, delta, A, Bm, Cm, D, save_checkpoints):
 def scan_backward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tensor,
                   D: torch.Tensor, checkpoints: torch.Tensor, g_y: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients (fp32) for u, delta, A, Bm, Cm, D; checkpoints from scan_forward(..., save_checkpoints=True)."""
+    """Gradients (fp32) for u, delta, A, Bm, Cm, D, shaped as they are; checkpoints from
+    scan_forward(..., save_checkpoints=True)."""
     u, delta, Bm, Cm, g_y = (t.contiguous() for t in (u, delta, Bm, Cm, g_y))
     A, D = A.float().contiguous(), D.float().contiguous()
-    batch, length, groups, inner = u.shape
+    batch, length, _ = u.shape
+    groups, inner, _ = A.shape
     f32 = dict(dtype=torch.float32, device=u.device)
-    grid = _grid(u, BWD_BLOCK_E)
+    grid = _grid(u, A, BWD_BLOCK_E)
     g_u, g_delta = torch.empty(u.shape, **f32), torch.empty(u.shape, **f32)
     channel_blocks = grid[1]  # partial sums, added up below: per channel block for Bm, Cm, per sample for A, D
     g_B, g_C = torch.empty(channel_blocks, *Bm.shape, **f32), torch.empty(channel_blocks, *Cm.shape, **f32)

@@ -190,10 +190,11 @@ class _SelectiveScanFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, Bm, Cm, D, backward_follows):
         ctx.fused = _use_fused_kernels(u, A.shape[-1])
-        if ctx.fused:  # Triton on CUDA: reads any float dtype, computes in fp32
+        if ctx.fused:  # Triton on CUDA: reads any float dtype, computes in fp32; (B, L, G*.) tensors
+            u, delta, Bm, Cm = (t.flatten(2) for t in (u, delta, Bm, Cm))  # (B, L, G*E), (B, L, G*N)
             y, checkpoints = _triton_scan.scan_forward(u, delta, A, Bm, Cm, D, backward_follows)
             ctx.save_for_backward(u, delta, A, Bm, Cm, D, checkpoints)
-            return y
+            return y.unflatten(2, A.shape[:2])  # (B, L, G, E)
         with _autocast_off(u.device):
             u, delta, A, Bm, Cm, D = (t.float() for t in (u, delta, A, Bm, Cm, D))
             _, h = _SelectiveScanFn._decay_and_states(u, delta, A.transpose(-1, -2), Bm)
@@ -204,7 +205,10 @@ class _SelectiveScanFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_y):
         if ctx.fused:
-            return *_triton_scan.scan_backward(*ctx.saved_tensors, g_y), None
+            g_u, g_delta, g_A, g_Bm, g_Cm, g_D = _triton_scan.scan_backward(*ctx.saved_tensors, g_y.flatten(2))
+            groups = g_A.shape[0]
+            return (g_u.unflatten(2, (groups, -1)), g_delta.unflatten(2, (groups, -1)), g_A,
+                    g_Bm.unflatten(2, (groups, -1)), g_Cm.unflatten(2, (groups, -1)), g_D, None)
         u, delta, A, Bm, Cm, D = ctx.saved_tensors
         with _autocast_off(u.device):
             g_y = g_y.float()
