@@ -18,4 +18,4 @@ timed() {  # name command...
  timed fashion_seed1 python train_vision_mamba.py --config fashion_mnist --data_dir /tmp/fm --seed 1 --quiet \
    --output_dir /tmp/runs/fashion_seed1) &
 wait
-cat $OUT/c4/walls.txt; tail -1 $OUT/c4/bench_small.txt; for f in $OUT/c4/cifar10_seed1.txt $OUT/c4/fashion_seed1.txt; do echo $f; grep -i "test acc\|nan\|diverg" $f | tail -3; done
+cat $OUT/c4/walls.txt; tail -1 $OUT/c4/bench_small.txt; for f in $OUT/c4/cifar10_seed1.txt $OUT/c4/fashion_seed1.txt; do echo $f; grep -iE "^test:|nan|diverg" $f | tail -3; done
