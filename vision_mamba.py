@@ -315,7 +315,8 @@ class ResidualConvPair(nn.Module):
 # inductor can fuse with the element-wise ops around them (the official Mamba hand-writes a CUDA
 # kernel, causal_conv1d, for the same reason). Eager runs keep the conv kernels: the shifted
 # copies cost more there (CPU: 33-39 ms against 22-26 ms, forward and backward of one SSM conv).
-# Off by default: on the H200 it made no difference through the noise (docs/BENCHMARKS.md, session 10).
+# Off by default: on the H200 it made no difference through the noise in session 10, and with CUDA graphs
+# the training step ran 11-24% slower with it in session 24 (docs/BENCHMARKS.md).
 CONV_BACKEND = os.environ.get("VISION_MAMBA_CONV", BACKEND_CHOICES["VISION_MAMBA_CONV"][0])
 
 
