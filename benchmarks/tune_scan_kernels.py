@@ -2,7 +2,8 @@
 channels per program (BLOCK_E), warps per program, pipelining depth of the token loop, and the
 backward's cap on registers per thread (--maxnreg; 0: none, ptxas takes what it likes). The
 defaults in selective_scan_triton.py (the forward's and the backward's apart) were chosen from
-this script's output, and session 21's throwaway variants, on an H200.
+this script's output, and session 21's throwaway variants, on an H200. The forward is timed as
+training runs it, writing the backward's checkpoints.
 
     python benchmarks/tune_scan_kernels.py                        # CUDA: the two shapes below, all variants
     python benchmarks/tune_scan_kernels.py --shapes 1024,64,2,192,16 --block_e 16 32 --warps 1 --stages 1 2 --maxnreg 0 128 168
@@ -37,7 +38,8 @@ def scan_inputs(batch, length, groups, inner, d_state, device):
     Cm = torch.randn(batch, length, groups, d_state, generator=gen, device=device).to(**low)
     D = torch.ones(groups, inner, device=device)
     g_y = torch.randn(batch, length, groups, inner, generator=gen, device=device)
-    return (u, delta, A, Bm, Cm, D), g_y
+    # the operators' 3-d layout: (B, L, G*E) and (B, L, G*N)
+    return (u.flatten(2), delta.flatten(2), A, Bm.flatten(2), Cm.flatten(2), D), g_y.flatten(2)
 
 
 def close(a, b):
@@ -68,12 +70,13 @@ def main():
             kernels.BLOCK_E, kernels.NUM_WARPS, kernels.STAGES = block_e, warps, stages
             kernels.BWD_BLOCK_E, kernels.BWD_NUM_WARPS, kernels.BWD_STAGES = block_e, warps, stages
             kernels.BWD_MAXNREG = maxnreg or None
-            y, grads = kernels.scan_forward(*inputs), kernels.scan_backward(*inputs, g_y)
+            y, checkpoints = kernels.scan_forward(*inputs, True)
+            grads = kernels.scan_backward(*inputs, checkpoints, g_y)
             reference = reference or (y, grads)
             agrees = close(y, reference[0]) and all(close(g, r) for g, r in zip(grads, reference[1]))
             # one warm-up call compiles the variant; then the median of args.iters calls
-            fwd = timed(lambda: kernels.scan_forward(*inputs), device, 1, args.iters) * 1e3
-            bwd = timed(lambda: kernels.scan_backward(*inputs, g_y), device, 1, args.iters) * 1e3
+            fwd = timed(lambda: kernels.scan_forward(*inputs, True), device, 1, args.iters) * 1e3
+            bwd = timed(lambda: kernels.scan_backward(*inputs, checkpoints, g_y), device, 1, args.iters) * 1e3
             row = {"kind": "scan_kernels", "shape_BLGEN": shape, "block_e": block_e, "warps": warps, "stages": stages,
                    "bwd_maxnreg": maxnreg or None,
                    "fwd_ms": round(fwd, 4), "bwd_ms": round(bwd, 4), "agrees": agrees, "torch": torch.__version__,

@@ -462,6 +462,35 @@ def test_fused_triton_kernels_match_the_reference_in_the_interpreter():
     run_in_triton_interpreter(script)
 
 
+def test_fused_path_of_selective_scan_in_the_interpreter():
+    """selective_scan's CUDA path (3-d tensors into the kernels, the checkpoints written only when a backward
+    follows) through autograd, with its kernels run by Triton's interpreter on the CPU."""
+    pytest.importorskip("triton")
+    script = (
+        "import torch, selective_scan_triton as k, vision_mamba as vm\n"
+        "from test_model import random_scan_inputs, rel_err\n"
+        "vm._use_fused_kernels = lambda u, d_state: True\n"
+        "saved = []\n"
+        "real_forward = k.scan_forward\n"
+        "def spy(*args):\n"
+        "    saved.append(args[-1])\n"
+        "    return real_forward(*args)\n"
+        "k.scan_forward = spy\n"
+        "inputs = [t.detach().requires_grad_() for t in random_scan_inputs(2, 7, 2, 40, 4)]\n"
+        "ref = [t.detach().double().requires_grad_() for t in inputs]\n"
+        "y, y_ref = vm.selective_scan(*inputs), vm.selective_scan_ref(*ref)\n"
+        "assert y.shape == y_ref.shape and rel_err(y, y_ref) < 1e-4, rel_err(y, y_ref)\n"
+        "g_y = torch.randn_like(y)\n"
+        "for g, g_ref in zip(torch.autograd.grad(y, inputs, g_y), torch.autograd.grad(y_ref, ref, g_y.double())):\n"
+        "    assert g.shape == g_ref.shape and rel_err(g, g_ref) < 1e-4, rel_err(g, g_ref)\n"
+        "with torch.no_grad():\n"
+        "    vm.selective_scan(*inputs)\n"
+        "vm.selective_scan(*[t.detach() for t in inputs])\n"
+        "assert saved == [True, False, False], saved\n"
+        "print('ok')\n")
+    run_in_triton_interpreter(script)
+
+
 def run_in_triton_interpreter(script):
     """Run a script in a fresh interpreter with TRITON_INTERPRET=1 (the repository and tests/ importable)
     and require it to finish by printing 'ok'."""
