@@ -175,8 +175,9 @@ def _autocast_off(device):
 
 class _SelectiveScanFn(torch.autograd.Function):
     """Saves only the inputs and recomputes the (B, L, G, N, E) states in backward, as the CUDA
-    kernel does; works in place on a few such buffers. The internal layout puts E innermost, so
-    every broadcast runs over contiguous memory.
+    kernel of the official Mamba does; works in place on a few such buffers. The internal layout
+    puts E innermost, so every broadcast runs over contiguous memory. (The fused Triton path also
+    saves the forward's checkpoints, the state before every 2 tokens, and recomputes only the rest.)
     The backward is the adjoint recurrence run in reverse:
         g_h[t] = exp(delta[t+1] A) g_h[t+1] + Cm[t] g_y[t]
     """
