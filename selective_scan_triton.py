@@ -148,6 +148,11 @@ def supports(d_state):
     return d_state & (d_state - 1) == 0 and 1 <= d_state <= 64
 
 
+def to_operator_layout(u, delta, A, Bm, Cm, D):
+    """The scan's inputs as the operators below take them: the (B, L, G, .) tensors flattened to (B, L, G*.)."""
+    return u.flatten(2), delta.flatten(2), A, Bm.flatten(2), Cm.flatten(2), D
+
+
 def _grid(u, A, block_e):
     groups, inner, _ = A.shape
     return (u.shape[0] * groups, triton.cdiv(inner, block_e))
@@ -190,7 +195,7 @@ def scan_backward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: tor
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients (fp32) for u, delta, A, Bm, Cm, D, shaped as they are; checkpoints from
     scan_forward(..., save_checkpoints=True)."""
-    u, delta, Bm, Cm, g_y = (t.contiguous() for t in (u, delta, Bm, Cm, g_y))
+    u, delta, Bm, Cm, checkpoints, g_y = (t.contiguous() for t in (u, delta, Bm, Cm, checkpoints, g_y))
     A, D = A.float().contiguous(), D.float().contiguous()
     batch, length, _ = u.shape
     groups, inner, _ = A.shape
@@ -200,7 +205,7 @@ def scan_backward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: tor
     channel_blocks = grid[1]  # partial sums, added up below: per channel block for Bm, Cm, per sample for A, D
     g_B, g_C = torch.empty(channel_blocks, *Bm.shape, **f32), torch.empty(channel_blocks, *Cm.shape, **f32)
     g_A, g_D = torch.empty(batch, *A.shape, **f32), torch.empty(batch, *D.shape, **f32)
-    _scan_bwd_kernel[grid](u, delta, A, Bm, Cm, D, g_y, checkpoints.contiguous(), g_u, g_delta, g_A, g_B, g_C, g_D,
+    _scan_bwd_kernel[grid](u, delta, A, Bm, Cm, D, g_y, checkpoints, g_u, g_delta, g_A, g_B, g_C, g_D,
                            length, groups, inner, N=A.shape[-1], BLOCK_E=BWD_BLOCK_E, STAGES=BWD_STAGES, CHUNK=CHUNK,
                            num_warps=BWD_NUM_WARPS, maxnreg=BWD_MAXNREG)
     return g_u, g_delta, g_A.sum(0), g_B.sum(0), g_C.sum(0), g_D.sum(0)

@@ -192,9 +192,9 @@ class _SelectiveScanFn(torch.autograd.Function):
     def forward(ctx, u, delta, A, Bm, Cm, D, backward_follows):
         ctx.fused = _use_fused_kernels(u, A.shape[-1])
         if ctx.fused:  # Triton on CUDA: reads any float dtype, computes in fp32; (B, L, G*.) tensors
-            u, delta, Bm, Cm = (t.flatten(2) for t in (u, delta, Bm, Cm))  # (B, L, G*E), (B, L, G*N)
-            y, checkpoints = _triton_scan.scan_forward(u, delta, A, Bm, Cm, D, backward_follows)
-            ctx.save_for_backward(u, delta, A, Bm, Cm, D, checkpoints)
+            inputs = _triton_scan.to_operator_layout(u, delta, A, Bm, Cm, D)  # (B, L, G*E), (B, L, G*N)
+            y, checkpoints = _triton_scan.scan_forward(*inputs, backward_follows)
+            ctx.save_for_backward(*inputs, checkpoints)
             return y.unflatten(2, A.shape[:2])  # (B, L, G, E)
         with _autocast_off(u.device):
             u, delta, A, Bm, Cm, D = (t.float() for t in (u, delta, A, Bm, Cm, D))
@@ -207,9 +207,8 @@ class _SelectiveScanFn(torch.autograd.Function):
     def backward(ctx, g_y):
         if ctx.fused:
             g_u, g_delta, g_A, g_Bm, g_Cm, g_D = _triton_scan.scan_backward(*ctx.saved_tensors, g_y.flatten(2))
-            groups = g_A.shape[0]
-            return (g_u.unflatten(2, (groups, -1)), g_delta.unflatten(2, (groups, -1)), g_A,
-                    g_Bm.unflatten(2, (groups, -1)), g_Cm.unflatten(2, (groups, -1)), g_D, None)
+            g_u, g_delta, g_Bm, g_Cm = (g.unflatten(2, (g_A.shape[0], -1)) for g in (g_u, g_delta, g_Bm, g_Cm))
+            return g_u, g_delta, g_A, g_Bm, g_Cm, g_D, None
         u, delta, A, Bm, Cm, D = ctx.saved_tensors
         with _autocast_off(u.device):
             g_y = g_y.float()

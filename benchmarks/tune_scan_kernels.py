@@ -38,8 +38,7 @@ def scan_inputs(batch, length, groups, inner, d_state, device):
     Cm = torch.randn(batch, length, groups, d_state, generator=gen, device=device).to(**low)
     D = torch.ones(groups, inner, device=device)
     g_y = torch.randn(batch, length, groups, inner, generator=gen, device=device)
-    # the operators' 3-d layout: (B, L, G*E) and (B, L, G*N)
-    return (u.flatten(2), delta.flatten(2), A, Bm.flatten(2), Cm.flatten(2), D), g_y.flatten(2)
+    return kernels.to_operator_layout(u, delta, A, Bm, Cm, D), g_y.flatten(2)  # the operators' 3-d layout
 
 
 def close(a, b):

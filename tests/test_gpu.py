@@ -25,9 +25,8 @@ def test_fused_scan_matches_reference_on_cuda(shape):
 
 def test_fused_scan_gradients_are_deterministic():
     # partial sums added up by torch, no atomics: the same inputs give bitwise the same gradients
-    from selective_scan_triton import scan_backward, scan_forward
-    u, delta, A, Bm, Cm, D = [t.detach().cuda() for t in random_scan_inputs(64, 64, 2, 192, 16)]
-    inputs = [u.flatten(2), delta.flatten(2), A, Bm.flatten(2), Cm.flatten(2), D]  # the operators' 3-d layout
+    from selective_scan_triton import scan_backward, scan_forward, to_operator_layout
+    inputs = to_operator_layout(*[t.detach().cuda() for t in random_scan_inputs(64, 64, 2, 192, 16)])
     _, checkpoints = scan_forward(*inputs, True)
     g_y = torch.randn(64, 64, 2 * 192, device="cuda")
     first, second = (scan_backward(*inputs, checkpoints, g_y) for _ in range(2))
