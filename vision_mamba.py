@@ -35,7 +35,7 @@ import torch.nn.functional as F
 # selective_scan_triton.py). After an update, a graph compiled against an older op's fake, which says how the
 # op's outputs are laid out, would be reused and fail its stride checks at run time. So these files' hash is
 # part of every key.
-OP_FILES = ("vision_mamba.py", "selective_scan_triton.py")
+OP_FILES = ("vision_mamba.py", "selective_scan_triton.py", "depthwise_conv_triton.py")
 
 
 def ops_cache_tag(folder):
@@ -143,13 +143,13 @@ def _shift(x, reverse=False):
 # computation without the (B, L, G, N, E) round trips through memory. VISION_MAMBA_SCAN=torch
 # forces the pure-PyTorch path everywhere. The environment settings that pick a backend (this one, and
 # VISION_MAMBA_CONV below), each with its allowed values, the default first.
-BACKEND_CHOICES = {"VISION_MAMBA_SCAN": ("auto", "torch"), "VISION_MAMBA_CONV": ("aten", "shifts")}
+BACKEND_CHOICES = {"VISION_MAMBA_SCAN": ("auto", "torch"), "VISION_MAMBA_CONV": ("triton", "aten", "shifts")}
 SCAN_BACKEND = os.environ.get("VISION_MAMBA_SCAN", BACKEND_CHOICES["VISION_MAMBA_SCAN"][0])
 
 
 def backend_env_problem():
-    """A line naming an environment setting this module does not know (a typo, or session 21's removed
-    VISION_MAMBA_CONV=triton), which it would otherwise ignore without a word; None if all are known."""
+    """A line naming an environment setting this module does not know (a typo, such as
+    VISION_MAMBA_CONV=cudnn for aten), which it would otherwise ignore without a word; None if all are known."""
     for name, choices in BACKEND_CHOICES.items():
         value = os.environ.get(name)
         if value is not None and value not in choices:
@@ -158,9 +158,10 @@ def backend_env_problem():
 
 
 try:
+    import depthwise_conv_triton as _triton_conv
     import selective_scan_triton as _triton_scan
 except ImportError:  # CPU-only installs may lack Triton
-    _triton_scan = None
+    _triton_conv = _triton_scan = None
 
 
 def _use_fused_kernels(u, d_state):
@@ -310,8 +311,10 @@ class ResidualConvPair(nn.Module):
         return x + self.convs(x)
 
 
-# Depthwise convs (the SSM's causal conv1d, the 3x3 grid convs) run as conv kernels. With
-# VISION_MAMBA_CONV=shifts, compiled graphs compute them instead as sums of shifted copies, which
+# Depthwise convs (the SSM's causal conv1d, the 3x3 grid convs) run as conv kernels: on CUDA the grid
+# convs as depthwise_conv_triton's (VISION_MAMBA_CONV=triton, the default; 2.4-3.1% off gated hybrid-tiny's
+# training step on the H200, session 25), everything else as torch's (cuDNN; all of them with
+# VISION_MAMBA_CONV=aten). With VISION_MAMBA_CONV=shifts, compiled graphs compute them instead as sums of shifted copies, which
 # inductor can fuse with the element-wise ops around them (the official Mamba hand-writes a CUDA
 # kernel, causal_conv1d, for the same reason). Eager runs keep the conv kernels: the shifted
 # copies cost more there (CPU: 33-39 ms against 22-26 ms, forward and backward of one SSM conv).
@@ -351,6 +354,8 @@ def grid_conv(conv, tokens, side):
             for col in range(3):
                 out = out + padded[:, row:row + side, col:col + side] * weight[:, row, col]
         return out.flatten(1, 2)
+    if CONV_BACKEND == "triton" and tokens.is_cuda and _triton_conv is not None:
+        return _triton_conv.dwconv3x3(tokens, conv.weight, conv.bias, side)
     grid = tokens.unflatten(1, (side, side)).permute(0, 3, 1, 2)  # (B, C, H/p, W/p), channels-last in memory: no copy
     return conv(grid).permute(0, 2, 3, 1).flatten(1, 2)  # (B, L, C)
 

@@ -98,9 +98,9 @@ def test_bench_train_rejects_an_unknown_block_type_in_a_pattern(monkeypatch, cap
 
 def test_bench_train_refuses_an_unknown_conv_backend(monkeypatch, capsys):
     # its rows record VISION_MAMBA_CONV: an unknown value would be timed as cuDNN but written down as itself
-    monkeypatch.setenv("VISION_MAMBA_CONV", "triton")
+    monkeypatch.setenv("VISION_MAMBA_CONV", "cudnn")
     result = run_benchmark_main("bench_train", ["--device", "cpu"], monkeypatch, capsys)
-    assert result.returncode == 2 and "VISION_MAMBA_CONV='triton' is not one of aten, shifts" in result.stderr
+    assert result.returncode == 2 and "VISION_MAMBA_CONV='cudnn' is not one of triton, aten, shifts" in result.stderr
 
 
 def test_run_seeds_trains_each_seed_and_reports_mean_and_spread(tmp_path):

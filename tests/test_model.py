@@ -490,6 +490,35 @@ def test_fused_path_of_selective_scan_in_the_interpreter():
     run_in_triton_interpreter(script)
 
 
+def test_triton_grid_conv_matches_torch_conv_in_the_interpreter():
+    """depthwise_conv_triton's kernels (the grid convs' CUDA path), run on the CPU by Triton's interpreter."""
+    pytest.importorskip("triton")
+    script = (
+        "import torch, torch.nn.functional as F, depthwise_conv_triton as k\n"
+        "from test_model import rel_err\n"
+        "torch.manual_seed(0)\n"
+        "# a channel slice of a wider tensor (the SSM's half of in_proj), 7x7 grids whose images straddle pixel\n"
+        "# blocks, channels that do not fill a block; weight-gradient programs that loop over several blocks\n"
+        "for batch, side, channels, strided, wgrad_block in [(3, 8, 100, True, 16), (5, 7, 64, False, 16),\n"
+        "                                                    (2, 3, 130, False, 4), (9, 7, 70, True, 8)]:\n"
+        "    k.WGRAD_BLOCK_P = wgrad_block\n"
+        "    wide = torch.randn(batch, side * side, 2 * channels)\n"
+        "    x = (wide[..., :channels] if strided else wide[..., :channels].contiguous()).requires_grad_()\n"
+        "    weight, bias = torch.randn(channels, 1, 3, 3, requires_grad=True), torch.randn(channels, requires_grad=True)\n"
+        "    out = k.dwconv3x3(x, weight, bias, side)\n"
+        "    as_grid = lambda t: t.unflatten(1, (side, side)).permute(0, 3, 1, 2)\n"
+        "    ref = F.conv2d(as_grid(x), weight, bias, padding=1, groups=channels).permute(0, 2, 3, 1).flatten(1, 2)\n"
+        "    assert out.is_contiguous() and rel_err(out, ref) < 1e-6, rel_err(out, ref)\n"
+        "    g = torch.randn_like(out)\n"
+        "    for grad, ref_grad in zip(torch.autograd.grad(out, (x, weight, bias), g), torch.autograd.grad(ref, (x, weight, bias), g)):\n"
+        "        assert grad.shape == ref_grad.shape and rel_err(grad, ref_grad) < 1e-6, rel_err(grad, ref_grad)\n"
+        "x = torch.randn(2, 16, 16)[..., :8].requires_grad_()\n"
+        "torch.library.opcheck(k.dwconv3x3, (x, torch.randn(8, 1, 3, 3, requires_grad=True), torch.randn(8, requires_grad=True), 4))\n"
+        "torch.library.opcheck(k.dwconv3x3_backward, (torch.randn(2, 16, 8), x.detach(), torch.randn(8, 1, 3, 3), 4))\n"
+        "print('ok')\n")
+    run_in_triton_interpreter(script)
+
+
 def run_in_triton_interpreter(script):
     """Run a script in a fresh interpreter with TRITON_INTERPRET=1 (the repository and tests/ importable)
     and require it to finish by printing 'ok'."""
