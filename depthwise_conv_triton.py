@@ -76,6 +76,7 @@ def _dwconv_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, x_row_stride, total, L, sid
 
 @triton.jit
 def _tap_product(x_ptr, g, offsets, valid, row, col, side, x_row_stride, c, mask_c, tap: tl.constexpr):
+    """g times x at each pixel's tap-th neighbour (0 off the grid), elementwise: (BLOCK_P, BLOCK_C) fp32."""
     src, inside = _tap(offsets, valid, row, col, side, tap)
     xs = tl.load(x_ptr + src[:, None] * x_row_stride + c[None, :], mask=inside[:, None] & mask_c[None, :], other=0.0)
     return g * xs.to(tl.float32)
@@ -90,6 +91,8 @@ def _dwconv_wgrad_kernel(x_ptr, g_ptr, partial_ptr, x_row_stride, total, L, side
     pid = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = c < C
+    # one accumulator a tap, written out: Triton has no arrays of tiles, and one (9, BLOCK_P, BLOCK_C) tile
+    # updated a tap at a time would select over all nine rows on every update
     acc0 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     acc1, acc2, acc3, acc4, acc5, acc6, acc7, acc8, acc_bias = acc0, acc0, acc0, acc0, acc0, acc0, acc0, acc0, acc0
     for start in tl.range(pid * BLOCK_P, total, tl.num_programs(0) * BLOCK_P, num_stages=STAGES):

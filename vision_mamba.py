@@ -354,7 +354,7 @@ def grid_conv(conv, tokens, side):
             for col in range(3):
                 out = out + padded[:, row:row + side, col:col + side] * weight[:, row, col]
         return out.flatten(1, 2)
-    if CONV_BACKEND == "triton" and tokens.is_cuda and _triton_conv is not None:
+    if CONV_BACKEND == "triton" and tokens.is_cuda and _triton_conv is not None and conv.bias is not None:
         return _triton_conv.dwconv3x3(tokens, conv.weight, conv.bias, side)
     grid = tokens.unflatten(1, (side, side)).permute(0, 3, 1, 2)  # (B, C, H/p, W/p), channels-last in memory: no copy
     return conv(grid).permute(0, 2, 3, 1).flatten(1, 2)  # (B, L, C)
