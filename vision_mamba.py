@@ -327,6 +327,10 @@ def _convs_as_shifts():
     return CONV_BACKEND == "shifts" and torch.compiler.is_compiling()
 
 
+def _use_triton_conv(tokens, conv):
+    return CONV_BACKEND == "triton" and tokens.is_cuda and _triton_conv is not None and conv.bias is not None
+
+
 def causal_conv(conv, u):
     """conv, a depthwise Conv1d over G*E channels with padding K-1, applied causally along L:
     u (B, L, G, E) -> (B, L, G, E), output t seeing inputs t-K+1 .. t."""
@@ -354,7 +358,7 @@ def grid_conv(conv, tokens, side):
             for col in range(3):
                 out = out + padded[:, row:row + side, col:col + side] * weight[:, row, col]
         return out.flatten(1, 2)
-    if CONV_BACKEND == "triton" and tokens.is_cuda and _triton_conv is not None and conv.bias is not None:
+    if _use_triton_conv(tokens, conv):
         return _triton_conv.dwconv3x3(tokens, conv.weight, conv.bias, side)
     grid = tokens.unflatten(1, (side, side)).permute(0, 3, 1, 2)  # (B, C, H/p, W/p), channels-last in memory: no copy
     return conv(grid).permute(0, 2, 3, 1).flatten(1, 2)  # (B, L, C)

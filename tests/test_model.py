@@ -519,6 +519,36 @@ def test_triton_grid_conv_matches_torch_conv_in_the_interpreter():
     run_in_triton_interpreter(script)
 
 
+def test_grid_convs_through_the_triton_path_in_the_interpreter():
+    """The model's CUDA glue for the grid convs (tokens in, tokens out, parameters' gradients), with the
+    kernels run by Triton's interpreter on the CPU, against the same model through torch's convs."""
+    pytest.importorskip("triton")
+    script = (
+        "import torch, vision_mamba as vm\n"
+        "from test_model import rel_err\n"
+        "torch.manual_seed(0)\n"
+        "model = vm.create_model('tiny', depth=2, embed_dim=32, num_heads=2, block_type='ssm,attention', mlp_conv=True,\n"
+        "                        ssm_conv='2d').eval()  # eval: no random drop path\n"
+        "x = torch.randn(3, 3, 32, 32)\n"
+        "def run():\n"
+        "    model.zero_grad(set_to_none=True)\n"
+        "    out = model(x)\n"
+        "    out.square().sum().backward()\n"
+        "    return out, {n: p.grad.clone() for n, p in model.named_parameters()}\n"
+        "aten, aten_grads = run()\n"
+        "calls = []\n"
+        "real = vm._triton_conv.dwconv3x3\n"
+        "vm._triton_conv.dwconv3x3 = lambda *args: calls.append(args[-1]) or real(*args)\n"
+        "vm._use_triton_conv = lambda tokens, conv: True\n"
+        "triton, triton_grads = run()\n"
+        "assert calls == [8, 8, 8], calls  # the SSM's conv and both ConvFFNs, on the 8x8 token grid\n"
+        "assert rel_err(triton, aten) < 1e-5, rel_err(triton, aten)\n"
+        "for name in aten_grads:\n"
+        "    assert rel_err(triton_grads[name], aten_grads[name]) < 1e-4, name\n"
+        "print('ok')\n")
+    run_in_triton_interpreter(script)
+
+
 def run_in_triton_interpreter(script):
     """Run a script in a fresh interpreter with TRITON_INTERPRET=1 (the repository and tests/ importable)
     and require it to finish by printing 'ok'."""
