@@ -125,13 +125,14 @@ def bench(args, device, size, block_type, batch_size):
     kernel_ms = None
     if args.profile:  # where the step's time goes, kernel by kernel
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-        with profile(activities=activities) as prof:
+        with profile(activities=activities, record_shapes=True) as prof:
             for _ in range(PROFILED_STEPS):
                 step(*next(batches), step_model)
             synchronize(device)
         sort_key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         print(f"# {size} {block_type} batch {batch_size}: {PROFILED_STEPS} steps, top kernels by {sort_key}")
         print(prof.key_averages().table(sort_by=sort_key, row_limit=30, max_name_column_width=70))
+        print_matrix_products(prof, device)
         if device.type == "cuda":
             # GPU kernel time per step against the unprofiled step time: well under 100% means the GPU
             # waits on the host (Python, launches, synchronisation), which CUDA graphs or fewer kernels would cut
@@ -177,6 +178,18 @@ def count_syncs(run_step, steps):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     return collections.Counter(f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message))
+
+
+def print_matrix_products(prof, device, rows=12):
+    """The step's matrix products by input shapes, slowest first: a weight's gradient sums over all B * L tokens
+    into an output as small as the weight, which can leave the GPU's matrix units mostly idle."""
+    products = [e for e in prof.key_averages(group_by_input_shape=True) if e.key in ("aten::mm", "aten::bmm", "aten::addmm")]
+    time_us = (lambda e: e.device_time_total) if device.type == "cuda" else (lambda e: e.cpu_time_total)
+    print(f"# matrix products by input shapes ({'GPU' if device.type == 'cuda' else 'CPU'} time per call, calls in "
+          f"{PROFILED_STEPS} steps)")
+    for e in sorted(products, key=time_us, reverse=True)[:rows]:
+        shapes = " x ".join(str(tuple(shape)) for shape in e.input_shapes if shape)
+        print(f"#   {e.key:12s} {time_us(e) / e.count:9.1f} us  {e.count:4d}x  {shapes}")
 
 
 def gpu_kernel_us(prof):

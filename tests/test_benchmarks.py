@@ -2,6 +2,7 @@
 import importlib
 import json
 import os
+import re
 import statistics
 
 import pytest
@@ -40,6 +41,8 @@ def test_bench_train_runs_the_real_data_path(tmp_path):
     assert row["ema"] is True and row["mixing"] is True and row["stem"] == "conv3" and row["mlp_conv"] is False
     assert row["conv_backend"] == "shifts"  # the row says how the depthwise convs ran (VISION_MAMBA_CONV)
     assert "top kernels by self_cpu_time_total" in result.stdout and "aten::" in result.stdout
+    assert "# matrix products by input shapes (CPU time per call" in result.stdout
+    assert re.search(r"#   aten::(mm|addmm|bmm) +[0-9.]+ us +[0-9]+x  \(", result.stdout)  # e.g. (8, 192) x (192, 768)
     assert "peak n/a (CPU)" in result.stdout  # GPU memory only; on CUDA it reads e.g. "peak 7.9 GiB"
     assert 0 < row["data_fraction"] < 10 and row["step_ms"] > 0
     # forward + backward of the matmuls alone is at least 6 x params x images per step
