@@ -13,10 +13,12 @@ of their own and sum it over pixels once at the end (no reduction inside the loo
 the programs' partial sums: no atomics, deterministic. All arithmetic in fp32; out and grad_x in x's
 dtype, the weight's and bias's gradients in fp32.
 On an H200 (bf16, batch 1024, 768 channels on 8x8, one ConvFFN conv) the forward took 0.11 ms against
-cuDNN's 0.24 (docs/BENCHMARKS.md, session 25); the backward is about level with cuDNN's; gated
-hybrid-tiny's training step ran 2.4-3.1% faster. Earlier layouts that lost to cuDNN and were dropped: one
-reduction over pixels per 64-pixel block (session 21, and this session's first backward), and one pixel
-row at a time with the taps as a tile axis (2-4x slower than cuDNN).
+cuDNN's 0.24 (docs/BENCHMARKS.md, session 25); the backward alone timed 0.55 ms against cuDNN's 0.38 in
+the same call (0.53-0.60 in others), yet the training step ran fastest all-Triton: gated hybrid-tiny's
+2.4-3.1% faster than with cuDNN's convs, 3.6-5.0% faster than the Triton forward with cuDNN's weight
+gradient or whole backward. Earlier layouts that lost to cuDNN and were dropped: one reduction over
+pixels per 64-pixel block (session 21, and this session's first backward), and one pixel row at a time
+with the taps as a tile axis (1.3-7x slower than cuDNN's backward).
 Tested against torch's conv on the GPU and, through TRITON_INTERPRET=1, on the CPU.
 """
 import torch
