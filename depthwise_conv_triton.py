@@ -56,6 +56,14 @@ def _tap(offsets, valid, row, col, side, tap: tl.constexpr):
 
 
 @triton.jit
+def _neighbours(x_ptr, offsets, valid, row, col, side, x_row_stride, c, mask_c, tap: tl.constexpr):
+    """x at each pixel's tap-th neighbour, 0 off the grid: (BLOCK_P, BLOCK_C) fp32."""
+    src, inside = _tap(offsets, valid, row, col, side, tap)
+    xs = tl.load(x_ptr + src[:, None] * x_row_stride + c[None, :], mask=inside[:, None] & mask_c[None, :], other=0.0)
+    return xs.to(tl.float32)
+
+
+@triton.jit
 def _dwconv_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, x_row_stride, total, L, side, C,
                        BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, MIRROR: tl.constexpr):
     """out = the conv of x; with MIRROR, the input gradient of the conv for output gradient x (taps mirrored)."""
@@ -69,19 +77,9 @@ def _dwconv_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, x_row_stride, total, L, sid
     if not MIRROR:
         acc += tl.load(b_ptr + c, mask=mask_c, other=0.0)[None, :]
     for tap in tl.static_range(9):
-        src, inside = _tap(offsets, valid, row, col, side, tap)
         w = tl.load(w_ptr + c * 9 + (8 - tap if MIRROR else tap), mask=mask_c, other=0.0)
-        xs = tl.load(x_ptr + src[:, None] * x_row_stride + c[None, :], mask=inside[:, None] & mask_c[None, :], other=0.0)
-        acc += xs.to(tl.float32) * w[None, :]
+        acc += _neighbours(x_ptr, offsets, valid, row, col, side, x_row_stride, c, mask_c, tap) * w[None, :]
     tl.store(out_ptr + offsets[:, None] * C + c[None, :], acc, mask=valid[:, None] & mask_c[None, :])
-
-
-@triton.jit
-def _tap_product(x_ptr, g, offsets, valid, row, col, side, x_row_stride, c, mask_c, tap: tl.constexpr):
-    """g times x at each pixel's tap-th neighbour (0 off the grid), elementwise: (BLOCK_P, BLOCK_C) fp32."""
-    src, inside = _tap(offsets, valid, row, col, side, tap)
-    xs = tl.load(x_ptr + src[:, None] * x_row_stride + c[None, :], mask=inside[:, None] & mask_c[None, :], other=0.0)
-    return g * xs.to(tl.float32)
 
 
 @triton.jit
@@ -103,15 +101,15 @@ def _dwconv_wgrad_kernel(x_ptr, g_ptr, partial_ptr, x_row_stride, total, L, side
         g = tl.load(g_ptr + tl.cast(start, tl.int64) * C + offsets[:, None] * C + c[None, :],
                     mask=valid[:, None] & mask_c[None, :], other=0.0).to(tl.float32)
         acc_bias += g
-        acc0 += _tap_product(x_block, g, offsets, valid, row, col, side, x_row_stride, c, mask_c, 0)
-        acc1 += _tap_product(x_block, g, offsets, valid, row, col, side, x_row_stride, c, mask_c, 1)
-        acc2 += _tap_product(x_block, g, offsets, valid, row, col, side, x_row_stride, c, mask_c, 2)
-        acc3 += _tap_product(x_block, g, offsets, valid, row, col, side, x_row_stride, c, mask_c, 3)
-        acc4 += _tap_product(x_block, g, offsets, valid, row, col, side, x_row_stride, c, mask_c, 4)
-        acc5 += _tap_product(x_block, g, offsets, valid, row, col, side, x_row_stride, c, mask_c, 5)
-        acc6 += _tap_product(x_block, g, offsets, valid, row, col, side, x_row_stride, c, mask_c, 6)
-        acc7 += _tap_product(x_block, g, offsets, valid, row, col, side, x_row_stride, c, mask_c, 7)
-        acc8 += _tap_product(x_block, g, offsets, valid, row, col, side, x_row_stride, c, mask_c, 8)
+        acc0 += g * _neighbours(x_block, offsets, valid, row, col, side, x_row_stride, c, mask_c, 0)
+        acc1 += g * _neighbours(x_block, offsets, valid, row, col, side, x_row_stride, c, mask_c, 1)
+        acc2 += g * _neighbours(x_block, offsets, valid, row, col, side, x_row_stride, c, mask_c, 2)
+        acc3 += g * _neighbours(x_block, offsets, valid, row, col, side, x_row_stride, c, mask_c, 3)
+        acc4 += g * _neighbours(x_block, offsets, valid, row, col, side, x_row_stride, c, mask_c, 4)
+        acc5 += g * _neighbours(x_block, offsets, valid, row, col, side, x_row_stride, c, mask_c, 5)
+        acc6 += g * _neighbours(x_block, offsets, valid, row, col, side, x_row_stride, c, mask_c, 6)
+        acc7 += g * _neighbours(x_block, offsets, valid, row, col, side, x_row_stride, c, mask_c, 7)
+        acc8 += g * _neighbours(x_block, offsets, valid, row, col, side, x_row_stride, c, mask_c, 8)
     out = partial_ptr + pid * 10 * C + c
     tl.store(out, tl.sum(acc0, axis=0), mask=mask_c)
     tl.store(out + C, tl.sum(acc1, axis=0), mask=mask_c)
