@@ -314,12 +314,12 @@ class ResidualConvPair(nn.Module):
 # Depthwise convs (the SSM's causal conv1d, the 3x3 grid convs) run as conv kernels: on CUDA the grid
 # convs as depthwise_conv_triton's (VISION_MAMBA_CONV=triton, the default; 2.4-3.1% off gated hybrid-tiny's
 # training step on the H200, session 25), everything else as torch's (cuDNN; all of them with
-# VISION_MAMBA_CONV=aten). With VISION_MAMBA_CONV=shifts, compiled graphs compute them instead as sums of shifted copies, which
-# inductor can fuse with the element-wise ops around them (the official Mamba hand-writes a CUDA
-# kernel, causal_conv1d, for the same reason). Eager runs keep the conv kernels: the shifted
-# copies cost more there (CPU: 33-39 ms against 22-26 ms, forward and backward of one SSM conv).
-# Off by default: on the H200 it made no difference through the noise in session 10, and with CUDA graphs
-# the training step ran 11-24% slower with it in session 24 (docs/BENCHMARKS.md).
+# VISION_MAMBA_CONV=aten). With VISION_MAMBA_CONV=shifts, compiled graphs compute them instead as sums
+# of shifted copies, which inductor can fuse with the element-wise ops around them (the official Mamba
+# hand-writes a CUDA kernel, causal_conv1d, for the same reason). Eager runs keep the conv kernels: the
+# shifted copies cost more there (CPU: 33-39 ms against 22-26 ms, forward and backward of one SSM conv).
+# Not the default: on the H200 it made no difference through the noise in session 10, and with CUDA
+# graphs the training step ran 11-24% slower with it in session 24 (docs/BENCHMARKS.md).
 CONV_BACKEND = os.environ.get("VISION_MAMBA_CONV", BACKEND_CHOICES["VISION_MAMBA_CONV"][0])
 
 
