@@ -345,6 +345,22 @@ def test_bidirectional_ssm_first_token_sees_the_last_token(grid_size):
     assert not torch.equal(layer(x)[:, 0], layer(changed)[:, 0])
 
 
+@pytest.mark.parametrize("batch", [3, 32])  # 3: no split of the tokens (gcd with the split count 1); 32: 16 parts
+def test_directional_projection_is_one_matrix_product_per_direction(batch):
+    # the x/dt projections' product, whose weight gradient is summed over parts of the tokens, against
+    # einsum's own gradients in fp64
+    torch.manual_seed(0)
+    x = torch.randn(batch, 5, 2, 6, dtype=torch.float64, requires_grad=True)  # (B, L, G, I)
+    w = torch.randn(2, 6, 4, dtype=torch.float64, requires_grad=True)  # (G, I, O)
+    out = vm._DirectionalProjection.apply(x, w)
+    expected = torch.einsum("blgi,gio->blgo", x, w)
+    assert torch.allclose(out, expected)
+    g = torch.randn_like(out)
+    for got, want in zip(torch.autograd.grad(out, (x, w), g), torch.autograd.grad(expected, (x, w), g)):
+        assert torch.allclose(got, want, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(vm._DirectionalProjection.apply, (x[:2, :3].detach().requires_grad_(), w))
+
+
 def test_one_direction_alone_is_causal():
     # control for the test above: the forward-direction scan at token 0 ignores later tokens
     inputs = [t.detach() for t in random_scan_inputs(1, 12, 1, 4, 4)]
@@ -499,22 +515,26 @@ def test_triton_grid_conv_matches_torch_conv_in_the_interpreter():
         "torch.manual_seed(0)\n"
         "# a channel slice of a wider tensor (the SSM's half of in_proj), 7x7 grids whose images straddle pixel\n"
         "# blocks, channels that do not fill a block; weight-gradient programs that loop over several blocks\n"
-        "for batch, side, channels, strided, wgrad_block in [(3, 8, 100, True, 16), (5, 7, 64, False, 16),\n"
-        "                                                    (2, 3, 130, False, 4), (9, 7, 70, True, 8)]:\n"
+        "# and the ConvFFN's GELU fused in or not\n"
+        "for batch, side, channels, strided, wgrad_block, gelu in [(3, 8, 100, True, 16, True), (5, 7, 64, False, 16, False),\n"
+        "                                                          (2, 3, 130, False, 4, True), (9, 7, 70, True, 8, False)]:\n"
         "    k.WGRAD_BLOCK_P = wgrad_block\n"
         "    wide = torch.randn(batch, side * side, 2 * channels)\n"
         "    x = (wide[..., :channels] if strided else wide[..., :channels].contiguous()).requires_grad_()\n"
         "    weight, bias = torch.randn(channels, 1, 3, 3, requires_grad=True), torch.randn(channels, requires_grad=True)\n"
-        "    out = k.dwconv3x3(x, weight, bias, side)\n"
+        "    out = k.dwconv3x3(x, weight, bias, side, gelu)\n"
         "    as_grid = lambda t: t.unflatten(1, (side, side)).permute(0, 3, 1, 2)\n"
         "    ref = F.conv2d(as_grid(x), weight, bias, padding=1, groups=channels).permute(0, 2, 3, 1).flatten(1, 2)\n"
+        "    ref = F.gelu(ref) if gelu else ref\n"
         "    assert out.is_contiguous() and rel_err(out, ref) < 1e-6, rel_err(out, ref)\n"
         "    g = torch.randn_like(out)\n"
         "    for grad, ref_grad in zip(torch.autograd.grad(out, (x, weight, bias), g), torch.autograd.grad(ref, (x, weight, bias), g)):\n"
         "        assert grad.shape == ref_grad.shape and rel_err(grad, ref_grad) < 1e-6, rel_err(grad, ref_grad)\n"
         "x = torch.randn(2, 16, 16)[..., :8].requires_grad_()\n"
-        "torch.library.opcheck(k.dwconv3x3, (x, torch.randn(8, 1, 3, 3, requires_grad=True), torch.randn(8, requires_grad=True), 4))\n"
-        "torch.library.opcheck(k.dwconv3x3_backward, (torch.randn(2, 16, 8), x.detach(), torch.randn(8, 1, 3, 3), 4))\n"
+        "for gelu in (False, True):\n"
+        "    weight, bias = torch.randn(8, 1, 3, 3, requires_grad=True), torch.randn(8, requires_grad=True)\n"
+        "    torch.library.opcheck(k.dwconv3x3, (x, weight, bias, 4, gelu))\n"
+        "    torch.library.opcheck(k.dwconv3x3_backward, (torch.randn(2, 16, 8), x.detach(), weight.detach(), bias.detach(), 4, gelu))\n"
         "print('ok')\n")
     run_in_triton_interpreter(script)
 
@@ -538,10 +558,11 @@ def test_grid_convs_through_the_triton_path_in_the_interpreter():
         "aten, aten_grads = run()\n"
         "calls = []\n"
         "real = vm._triton_conv.dwconv3x3\n"
-        "vm._triton_conv.dwconv3x3 = lambda *args: calls.append(args[-1]) or real(*args)\n"
+        "vm._triton_conv.dwconv3x3 = lambda *args: calls.append(args[3:]) or real(*args)\n"
         "vm._use_triton_conv = lambda tokens, conv: True\n"
         "triton, triton_grads = run()\n"
-        "assert calls == [8, 8, 8], calls  # the SSM's conv and both ConvFFNs, on the 8x8 token grid\n"
+        "# the SSM's conv and both ConvFFNs (with their GELU fused in), on the 8x8 token grid\n"
+        "assert calls == [(8, False), (8, True), (8, True)], calls\n"
         "assert rel_err(triton, aten) < 1e-5, rel_err(triton, aten)\n"
         "for name in aten_grads:\n"
         "    assert rel_err(triton_grads[name], aten_grads[name]) < 1e-4, name\n"
