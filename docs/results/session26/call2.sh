@@ -16,5 +16,5 @@ bench() {  # dir tag blocks size
  bench $R new hybrid; bench /tmp/both both hybrid; bench $R new hybrid) &
 (export CUDA_VISIBLE_DEVICES=1
  timeout 260 python -m pytest -q tests/test_gpu.py -p no:cacheprovider 2>&1 | tail -15 > $OUT/c2/test_gpu.txt
- bench /tmp/split64 split64 hybrid; bench $R new ssm,attention; bench $R new hybrid small) &
+ bench /tmp/split64 split64 hybrid; bench $R new ssm,attention; bench $R new_small hybrid small) &
 wait; cat $OUT/c2/test_gpu.txt | tail -3; cat $OUT/c2/bench.txt; grep -A8 'matrix products' $OUT/c2/prof_new.txt; sed -n 4,40p $OUT/c2/prof_new.txt | cut -c1-70,160-200
