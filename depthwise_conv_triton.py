@@ -64,55 +64,30 @@ def _neighbours(x_ptr, offsets, valid, row, col, side, x_row_stride, c, mask_c, 
 
 
 @triton.jit
-def _conv_tile(x_ptr, w_ptr, b_ptr, offsets, valid, row, col, side, x_row_stride, c, mask_c,
-               BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, MIRROR: tl.constexpr):
-    """The conv of x at a block of pixels, (BLOCK_P, BLOCK_C) fp32; with MIRROR, taps mirrored and no bias."""
-    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    if not MIRROR:
-        acc += tl.load(b_ptr + c, mask=mask_c, other=0.0)[None, :]
-    for tap in tl.static_range(9):
-        w = tl.load(w_ptr + c * 9 + (8 - tap if MIRROR else tap), mask=mask_c, other=0.0)
-        acc += _neighbours(x_ptr, offsets, valid, row, col, side, x_row_stride, c, mask_c, tap) * w[None, :]
-    return acc
-
-
-@triton.jit
-def _gelu(x):
-    return 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))  # exact (erf) GELU, F.gelu's default
-
-
-@triton.jit
-def _gelu_grad(x):
-    """d GELU(x) / dx = Phi(x) + x phi(x), Phi and phi the standard normal's CDF and density."""
-    return 0.5 * (1.0 + tl.math.erf(x * 0.7071067811865476)) + x * 0.3989422804014327 * tl.exp(-0.5 * x * x)
-
-
-@triton.jit
 def _dwconv_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, x_row_stride, total, L, side, C,
-                       BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, MIRROR: tl.constexpr, GELU: tl.constexpr):
-    """out = the conv of x, then GELU if GELU; with MIRROR, the input gradient of the conv for output
-    gradient x (taps mirrored)."""
+                       BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, MIRROR: tl.constexpr):
+    """out = the conv of x; with MIRROR, the input gradient of the conv for output gradient x (taps mirrored)."""
     start = tl.program_id(0) * BLOCK_P
     offsets, valid, row, col = _pixels(start, total, L, side, BLOCK_P)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = c < C
     x_ptr += tl.cast(start, tl.int64) * x_row_stride  # 64-bit only here: the offsets within a block stay small
     out_ptr += tl.cast(start, tl.int64) * C
-    acc = _conv_tile(x_ptr, w_ptr, b_ptr, offsets, valid, row, col, side, x_row_stride, c, mask_c, BLOCK_P, BLOCK_C, MIRROR)
-    if GELU:
-        acc = _gelu(acc)
+    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    if not MIRROR:
+        acc += tl.load(b_ptr + c, mask=mask_c, other=0.0)[None, :]
+    for tap in tl.static_range(9):
+        w = tl.load(w_ptr + c * 9 + (8 - tap if MIRROR else tap), mask=mask_c, other=0.0)
+        acc += _neighbours(x_ptr, offsets, valid, row, col, side, x_row_stride, c, mask_c, tap) * w[None, :]
     tl.store(out_ptr + offsets[:, None] * C + c[None, :], acc, mask=valid[:, None] & mask_c[None, :])
 
 
 @triton.jit
-def _dwconv_wgrad_kernel(x_ptr, w_ptr, b_ptr, g_ptr, g_conv_ptr, partial_ptr, x_row_stride, total, L, side, C,
-                         BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, STAGES: tl.constexpr, GELU: tl.constexpr):
+def _dwconv_wgrad_kernel(x_ptr, g_ptr, partial_ptr, x_row_stride, total, L, side, C,
+                         BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, STAGES: tl.constexpr):
     """The weight's and bias's gradients: each program loops over pixel blocks, adding each tap's products
     g * x[shifted] elementwise into its own tile (no reductions inside the loop), and sums its tiles over
-    pixels once at the end. partial_ptr: (programs along axis 0, 10, C) fp32; rows 0-8 the taps', row 9 the bias's.
-    With GELU, g_ptr holds the gradient at GELU's output: the conv's output is recomputed from x (whose
-    neighbours the loop loads anyway) to take it through GELU's derivative, and the gradient at the conv's
-    output is written to g_conv_ptr for the input gradient's kernel."""
+    pixels once at the end. partial_ptr: (programs along axis 0, 10, C) fp32; rows 0-8 the taps', row 9 the bias's."""
     pid = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = c < C
@@ -123,14 +98,8 @@ def _dwconv_wgrad_kernel(x_ptr, w_ptr, b_ptr, g_ptr, g_conv_ptr, partial_ptr, x_
     for start in tl.range(pid * BLOCK_P, total, tl.num_programs(0) * BLOCK_P, num_stages=STAGES):
         offsets, valid, row, col = _pixels(start, total, L, side, BLOCK_P)
         x_block = x_ptr + tl.cast(start, tl.int64) * x_row_stride
-        tile = tl.cast(start, tl.int64) * C + offsets[:, None] * C + c[None, :]
-        mask = valid[:, None] & mask_c[None, :]
-        g = tl.load(g_ptr + tile, mask=mask, other=0.0).to(tl.float32)
-        if GELU:
-            conv = _conv_tile(x_block, w_ptr, b_ptr, offsets, valid, row, col, side, x_row_stride, c, mask_c,
-                              BLOCK_P, BLOCK_C, False)
-            g *= _gelu_grad(conv)
-            tl.store(g_conv_ptr + tile, g, mask=mask)
+        g = tl.load(g_ptr + tl.cast(start, tl.int64) * C + offsets[:, None] * C + c[None, :],
+                    mask=valid[:, None] & mask_c[None, :], other=0.0).to(tl.float32)
         acc_bias += g
         acc0 += g * _neighbours(x_block, offsets, valid, row, col, side, x_row_stride, c, mask_c, 0)
         acc1 += g * _neighbours(x_block, offsets, valid, row, col, side, x_row_stride, c, mask_c, 1)
@@ -162,7 +131,7 @@ def _rows(x):
     return x, x.stride(1)
 
 
-def _conv(x, weight, bias, side, mirror, gelu):
+def _conv(x, weight, bias, side, mirror):
     x, row_stride = _rows(x)
     batch, length, channels = x.shape
     out = torch.empty((batch, length, channels), dtype=x.dtype, device=x.device)
@@ -170,30 +139,30 @@ def _conv(x, weight, bias, side, mirror, gelu):
     weight = weight.float().contiguous()
     _dwconv_fwd_kernel[grid](x, weight, weight if bias is None else bias.float().contiguous(), out, row_stride,
                              batch * length, length, side, channels, BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C, MIRROR=mirror,
-                             GELU=gelu, num_warps=NUM_WARPS)
+                             num_warps=NUM_WARPS)
     return out
 
 
 # Custom operators, as for the scan kernels: torch.compile calls each as one opaque op on tensors
 # laid out as in eager mode.
 @torch.library.custom_op("vision_mamba::dwconv3x3", mutates_args=())
-def dwconv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, side: int, gelu: bool) -> torch.Tensor:
+def dwconv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, side: int) -> torch.Tensor:
     """x (B, L, C) on a side x side grid; weight (C, 1, 3, 3) and bias (C,) of a depthwise Conv2d with
-    padding 1, any float dtype; with gelu, GELU of the conv (the ConvFFN's, fused: the conv's output never
-    goes through memory, and the backward recomputes it). Returns (B, L, C) in x's dtype, contiguous."""
-    return _conv(x, weight, bias, side, mirror=False, gelu=gelu)
+    padding 1, any float dtype. Returns (B, L, C) in x's dtype, contiguous."""
+    return _conv(x, weight, bias, side, mirror=False)
 
 
 @dwconv3x3.register_fake
-def _(x, weight, bias, side, gelu):
+def _(x, weight, bias, side):
     return x.new_empty(x.shape)
 
 
 @torch.library.custom_op("vision_mamba::dwconv3x3_backward", mutates_args=())
-def dwconv3x3_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, side: int,
-                       gelu: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients for x (x's dtype, contiguous), weight and bias (fp32), given the gradient at dwconv3x3's output."""
+def dwconv3x3_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                       side: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients for x (x's dtype, contiguous), weight and bias (fp32)."""
     grad = grad.contiguous()
+    grad_x = _conv(grad, weight, None, side, mirror=True)
     x, row_stride = _rows(x)
     batch, length, channels = x.shape
     total = batch * length
@@ -201,31 +170,28 @@ def dwconv3x3_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
     sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 4
     programs = max(1, min(triton.cdiv(total, WGRAD_BLOCK_P), WGRAD_PROGRAMS_PER_SM * sms // channel_blocks))
     partial = torch.empty((programs, 10, channels), dtype=torch.float32, device=x.device)
-    grad_conv = torch.empty_like(grad) if gelu else grad  # the gradient at the conv's output
-    _dwconv_wgrad_kernel[(programs, channel_blocks)](x, weight.float().contiguous(), bias.float().contiguous(), grad,
-                                                     grad_conv, partial, row_stride, total, length, side, channels,
+    _dwconv_wgrad_kernel[(programs, channel_blocks)](x, grad, partial, row_stride, total, length, side, channels,
                                                      BLOCK_P=WGRAD_BLOCK_P, BLOCK_C=WGRAD_BLOCK_C, STAGES=WGRAD_STAGES,
-                                                     GELU=gelu, num_warps=WGRAD_NUM_WARPS)
+                                                     num_warps=WGRAD_NUM_WARPS)
     sums = partial.sum(0)  # (10, C)
-    grad_x = _conv(grad_conv, weight, None, side, mirror=True, gelu=False)
     return grad_x, sums[:9].t().contiguous().view(weight.shape), sums[9].clone()
 
 
 @dwconv3x3_backward.register_fake
-def _(grad, x, weight, bias, side, gelu):
+def _(grad, x, weight, side):
     return (x.new_empty(x.shape), weight.new_empty(weight.shape, dtype=torch.float32),
             weight.new_empty(weight.shape[0], dtype=torch.float32))
 
 
 def _save_conv_inputs(ctx, inputs, output):
-    x, weight, bias, ctx.side, ctx.gelu = inputs
-    ctx.save_for_backward(x, weight, bias)
+    x, weight, _, ctx.side = inputs
+    ctx.save_for_backward(x, weight)
 
 
 def _conv_grads(ctx, grad):
-    x, weight, bias = ctx.saved_tensors
-    grad_x, grad_w, grad_b = dwconv3x3_backward(grad, x, weight, bias, ctx.side, ctx.gelu)
-    return grad_x, grad_w.to(weight.dtype), grad_b.to(weight.dtype), None, None
+    x, weight = ctx.saved_tensors
+    grad_x, grad_w, grad_b = dwconv3x3_backward(grad, x, weight, ctx.side)
+    return grad_x, grad_w.to(weight.dtype), grad_b.to(weight.dtype), None
 
 
 dwconv3x3.register_autograd(_conv_grads, setup_context=_save_conv_inputs)

@@ -350,11 +350,9 @@ def causal_conv(conv, u):
     return x.transpose(1, 2).unflatten(2, (groups, inner))
 
 
-def grid_conv(conv, tokens, side, gelu=False):
+def grid_conv(conv, tokens, side):
     """conv, a depthwise 3x3 Conv2d with padding 1, over tokens laid out row-major on a side x side
-    grid: (B, L, C) -> (B, L, C); with gelu, GELU of that (one fused kernel on the Triton path)."""
-    if _use_triton_conv(tokens, conv):
-        return _triton_conv.dwconv3x3(tokens, conv.weight, conv.bias, side, gelu)
+    grid: (B, L, C) -> (B, L, C)."""
     if _convs_as_shifts():
         padded = F.pad(tokens.unflatten(1, (side, side)), (0, 0, 1, 1, 1, 1))  # (B, H/p+2, W/p+2, C), zero border
         weight = conv.weight[:, 0].to(tokens.dtype)  # (C, 3, 3)
@@ -362,11 +360,11 @@ def grid_conv(conv, tokens, side, gelu=False):
         for row in range(3):
             for col in range(3):
                 out = out + padded[:, row:row + side, col:col + side] * weight[:, row, col]
-        out = out.flatten(1, 2)
-    else:
-        grid = tokens.unflatten(1, (side, side)).permute(0, 3, 1, 2)  # (B, C, H/p, W/p), channels-last in memory: no copy
-        out = conv(grid).permute(0, 2, 3, 1).flatten(1, 2)  # (B, L, C)
-    return F.gelu(out) if gelu else out
+        return out.flatten(1, 2)
+    if _use_triton_conv(tokens, conv):
+        return _triton_conv.dwconv3x3(tokens, conv.weight, conv.bias, side)
+    grid = tokens.unflatten(1, (side, side)).permute(0, 3, 1, 2)  # (B, C, H/p, W/p), channels-last in memory: no copy
+    return conv(grid).permute(0, 2, 3, 1).flatten(1, 2)  # (B, L, C)
 
 
 # The per-direction projections' weight gradients sum over all B * L tokens into a (G, I, O) result as small
@@ -615,8 +613,9 @@ class Mlp(nn.Module):
 
     def forward(self, x):
         x = self.fc1(x)  # (B, L, hidden)
-        x = F.gelu(x) if self.dwconv is None else grid_conv(self.dwconv, x, self.grid_size, gelu=True)
-        return self.drop(self.fc2(self.drop(x)))
+        if self.dwconv is not None:
+            x = grid_conv(self.dwconv, x, self.grid_size)
+        return self.drop(self.fc2(self.drop(F.gelu(x))))
 
 
 class DropPath(nn.Module):
