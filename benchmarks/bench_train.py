@@ -193,9 +193,11 @@ def print_matrix_products(prof, device, rows=12):
 
 
 def gpu_kernel_us(prof):
-    """Microseconds the GPU spent in kernels and copies over a profile (device time of events that ran on it)."""
+    """Microseconds the GPU spent in kernels and copies over a profile (device time of events that ran on it).
+    Not the GPU-side annotations that span kernels already counted: a compiled graph's "## Call CompiledFxGraph"
+    rows, which made the figure read 169% of the step (session 26)."""
     return sum(event.self_device_time_total for event in prof.key_averages()
-               if event.device_type == torch.autograd.DeviceType.CUDA)
+               if event.device_type == torch.autograd.DeviceType.CUDA and not getattr(event, "is_user_annotation", False))
 
 
 def conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,

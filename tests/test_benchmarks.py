@@ -151,9 +151,11 @@ def test_gpu_kernel_time_counts_only_what_ran_on_the_gpu(monkeypatch):
 
     import bench_train
     cpu, cuda = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
-    events = [types.SimpleNamespace(device_type=cuda, self_device_time_total=120.0),
+    events = [types.SimpleNamespace(device_type=cuda, self_device_time_total=120.0, is_user_annotation=False),
               types.SimpleNamespace(device_type=cpu, self_device_time_total=0.0),  # an aten op: its kernels are listed apart
-              types.SimpleNamespace(device_type=cuda, self_device_time_total=30.5)]
+              types.SimpleNamespace(device_type=cuda, self_device_time_total=30.5, is_user_annotation=False),
+              # a compiled graph's span on the GPU, over kernels counted above
+              types.SimpleNamespace(device_type=cuda, self_device_time_total=140.0, is_user_annotation=True)]
     assert bench_train.gpu_kernel_us(types.SimpleNamespace(key_averages=lambda: events)) == 150.5
 
 
