@@ -18,7 +18,8 @@ the same call (0.53-0.60 in others), yet the training step ran fastest all-Trito
 2.4-3.1% faster than with cuDNN's convs, 3.6-5.0% faster than the Triton forward with cuDNN's weight
 gradient or whole backward. Earlier layouts that lost to cuDNN and were dropped: one reduction over
 pixels per 64-pixel block (session 21, and this session's first backward), and one pixel row at a time
-with the taps as a tile axis (1.3-7x slower than cuDNN's backward).
+with the taps as a tile axis (1.3-7x slower than cuDNN's backward). The ConvFFN's GELU fused in (session 26: the
+weight-gradient kernel recomputing the conv for GELU's derivative) saved inductor's GELU kernels but made the step 5% slower.
 Tested against torch's conv on the GPU and, through TRITON_INTERPRET=1, on the CPU.
 """
 import torch
