@@ -477,6 +477,26 @@ def test_fused_triton_kernels_match_the_reference_in_the_interpreter():
     run_in_triton_interpreter(script)
 
 
+def test_scan_kernels_compile_to_flush_to_zero_exp2():
+    """On CUDA each decay exp(delta A) is one ex2.approx.ftz: both scan kernels, compiled here for the H100/H200
+    (sm_90) without a GPU, have no exp of the slower kind that guards against denormal results."""
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    import selective_scan_triton as k
+    assert k.FAST_EXP2  # this process does not run Triton's interpreter
+    launches = [(k._scan_fwd_kernel, dict(N=16, BLOCK_E=k.BLOCK_E, STAGES=k.STAGES, CHUNK=k.CHUNK, SAVE_CHECKPOINTS=True)),
+                (k._scan_bwd_kernel, dict(N=16, BLOCK_E=k.BWD_BLOCK_E, STAGES=k.BWD_STAGES, CHUNK=k.CHUNK))]
+    for kernel, constants in launches:
+        constants["FAST_EXP2"] = True
+        signature = {name: "constexpr" if name in constants else "*fp32" if name.endswith("_ptr") else "i32"
+                     for name in kernel.arg_names}
+        compiled = triton.compile(ASTSource(kernel, signature, constants), target=GPUTarget("cuda", 90, 32),
+                                  options={"num_warps": 1})
+        ptx = compiled.asm["ptx"]
+        assert "ex2.approx.ftz.f32" in ptx and "ex2.approx.f32" not in ptx, kernel.__name__
+
+
 def test_fused_path_of_selective_scan_in_the_interpreter():
     """selective_scan's CUDA path (3-d tensors into the kernels, the checkpoints written only when a backward
     follows) through autograd, with its kernels run by Triton's interpreter on the CPU."""
