@@ -75,7 +75,7 @@ def _scan_fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr, ckpt_p
             row = (b * L + t) * G + g  # (b, t, g) in the (B, L, G, .) layouts
             u, dt, Bt = _token_inputs(u_ptr, delta_ptr, B_ptr, row, t < L, E, e, n, mask_e, N)
             Ct = tl.load(C_ptr + row * N + n, mask=(n >= 0) & (t < L), other=0.0).to(tl.float32)
-            h = _decay(dt, A2, FAST_EXP2) * h + (dt * u)[:, None] * Bt[None, :]
+            h = _step(h, _decay(dt, A2, FAST_EXP2), u, dt, Bt)
             y = tl.sum(h * Ct[None, :], axis=1) + D * u
             tl.store(y_ptr + row * E + e, y, mask=mask_e & (t < L))
 
@@ -97,6 +97,12 @@ def _decay(dt, A2, FAST_EXP2: tl.constexpr):
         return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [dt[:, None] * A2],
                                          dtype=tl.float32, is_pure=True, pack=1)
     return tl.exp2(dt[:, None] * A2)
+
+
+@triton.jit
+def _step(h, decay, u, dt, Bt):
+    """The state after a token from the state before it and the token's decay (a token past the end keeps it)."""
+    return decay * h + (dt * u)[:, None] * Bt[None, :]
 
 
 @triton.jit
@@ -153,8 +159,8 @@ def _scan_bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, gy_ptr, ckpt_
         u0, dt0, B0 = _token_inputs(u_ptr, delta_ptr, B_ptr, (b * L + t0) * G + g, t0 < L, E, e, n, mask_e, N)
         u1, dt1, B1 = _token_inputs(u_ptr, delta_ptr, B_ptr, (b * L + t0 + 1) * G + g, t0 + 1 < L, E, e, n, mask_e, N)
         decay0, decay1 = _decay(dt0, A2, FAST_EXP2), _decay(dt1, A2, FAST_EXP2)
-        h1 = decay0 * h0 + (dt0 * u0)[:, None] * B0[None, :]
-        h2 = decay1 * h1 + (dt1 * u1)[:, None] * B1[None, :]
+        h1 = _step(h0, decay0, u0, dt0, B0)
+        h2 = _step(h1, decay1, u1, dt1, B1)
         g_h, g_A, g_D = _adjoint_step(h1, h2, decay1, u1, dt1, B1, g_h, g_A, g_D, A2, D, C_ptr, gy_ptr, gu_ptr,
                                       gdelta_ptr, gB_ptr, gC_ptr, partial_rows, b, g, t0 + 1, L, G, E, e, n, mask_e, N)
         g_h, g_A, g_D = _adjoint_step(h0, h1, decay0, u0, dt0, B0, g_h, g_A, g_D, A2, D, C_ptr, gy_ptr, gu_ptr,
