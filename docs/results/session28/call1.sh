@@ -1,5 +1,5 @@
 #!/bin/bash
-# session 28 call 1 (2x H200): fashion_mnist preset, seed 1, with heavier conv stems; two runs share each GPU,
+# session 28 call 1 (one H200): fashion_mnist preset, seed 1, with heavier conv stems; the three runs share the GPU,
 # so compare accuracies, not times. w2 = a tree whose halving stems have twice the channels (D/2 at full size, D at H/2).
 R=$(pwd); mkdir -p $OUT/c1 /tmp/runs
 mkdir -p /tmp/fm/FashionMNIST/raw && cp .devdata/fmgz/*.gz /tmp/fm/FashionMNIST/raw/ && gunzip -f /tmp/fm/FashionMNIST/raw/*.gz
@@ -9,12 +9,11 @@ variant() {  # name file sed-expression [base dir]
 variant w2 vision_mamba.py 's|quarter, half = embed_dim // 4, embed_dim // 2|quarter, half = embed_dim // 2, embed_dim|'
 run() {  # name dir, then --set flags
   local name=$1 dir=$2; shift 2; local start=$(date +%s%N)
-  (cd $dir && TORCHINDUCTOR_CACHE_DIR=/tmp/ind_$name TRITON_CACHE_DIR=/tmp/tri_$name timeout 550 python train_vision_mamba.py \
+  (cd $dir && TORCHINDUCTOR_CACHE_DIR=/tmp/ind_$name TRITON_CACHE_DIR=/tmp/tri_$name timeout 555 python train_vision_mamba.py \
    --config fashion_mnist --data_dir /tmp/fm --seed 1 --quiet --output_dir /tmp/runs/$name "$@" > $OUT/c1/$name.txt 2>&1)
   echo "$name rc $? wall $(( ($(date +%s%N) - start) / 1000000000 )) s" >> $OUT/c1/walls.txt
 }
-(export CUDA_VISIBLE_DEVICES=0; run conv7 $R --set model.stem=conv7 & run conv7w2 /tmp/w2 --set model.stem=conv7 & wait) &
-(export CUDA_VISIBLE_DEVICES=1; run conv5w2 /tmp/w2 & run conv7w2_depth6 /tmp/w2 --set model.stem=conv7 --set model.depth=6 & wait) &
-wait
+run conv7 $R --set model.stem=conv7 & run conv7w2 /tmp/w2 --set model.stem=conv7 &
+run conv7w2_depth6 /tmp/w2 --set model.stem=conv7 --set model.depth=6 & wait
 cd /tmp/runs && tar czf $OUT/c1/runs.tgz --exclude='*.pth' --exclude='tensorboard' .
 cat $OUT/c1/walls.txt; for f in $OUT/c1/*.txt; do echo "== $f"; grep -i "params\|^test:\|nan" $f | tail -3; done
