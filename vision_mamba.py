@@ -73,7 +73,10 @@ MODEL_SIZES = {
     "large": ModelSize(embed_dim=1024, depth=18, num_heads=16, d_state=16, d_conv=4, expand=1, mlp_ratio=4.0, approx_params_m=298.66),
 }
 BLOCK_TYPES = ("hybrid", "ssm", "attention")
-STEMS = ("conv", "conv3", "conv5", "conv7", "patch")
+# The stems that halve the image with convs before patchifying, each with its count of residual conv pairs
+# at full size and at half size (the name counts the convs)
+HALVING_STEMS = {"conv3": (0, 0), "conv5": (0, 1), "conv7": (1, 1), "conv9": (1, 2)}
+STEMS = ("conv", *HALVING_STEMS, "patch")
 SSM_CONVS = ("1d", "2d")  # the SSM layer's conv: causal over the token order (Mamba, Vim) or 3x3 over the grid (VMamba)
 
 # ------------------------------------------------------------------------------------------
@@ -267,7 +270,8 @@ class PatchEmbed(nn.Module):
                mixing where it is cheap, at 4x the token count the blocks see (8% more
                multiply-adds than 'conv3' in tiny hybrid, by torch's FLOP counter);
       'conv7'  'conv5' plus a residual pair at full size (D/4 channels), before the halving conv:
-               the CNN-like local bias at every pixel that WRN-type models win small grey images with.
+               the CNN-like local bias at every pixel that WRN-type models win small grey images with;
+      'conv9'  'conv7' with a second residual pair at H/2.
     """
 
     def __init__(self, img_size, patch_size, in_chans, embed_dim, stem):
@@ -279,17 +283,15 @@ class PatchEmbed(nn.Module):
             self.stem, patch_in = nn.Identity(), in_chans
         elif stem == "conv":
             self.stem, patch_in = conv_bn_gelu(in_chans, embed_dim // 2), embed_dim // 2
-        elif stem in ("conv3", "conv5", "conv7"):
+        elif stem in HALVING_STEMS:
             if patch_size % 2:
                 raise ValueError(f"stem {stem!r} halves the image before patchifying: patch_size must be even, got {patch_size}")
+            pairs_full, pairs_half = HALVING_STEMS[stem]
             quarter, half = embed_dim // 4, embed_dim // 2
-            layers = [conv_bn_gelu(in_chans, quarter)]  # (B, D/4, H, W)
-            if stem == "conv7":
-                layers.append(ResidualConvPair(quarter))
-            layers.append(conv_bn_gelu(quarter, half, stride=2))  # (B, D/2, H/2, W/2)
-            if stem in ("conv5", "conv7"):
-                layers.append(ResidualConvPair(half))
-            self.stem = nn.Sequential(*layers)
+            self.stem = nn.Sequential(conv_bn_gelu(in_chans, quarter),  # (B, D/4, H, W)
+                                      *(ResidualConvPair(quarter) for _ in range(pairs_full)),
+                                      conv_bn_gelu(quarter, half, stride=2),  # (B, D/2, H/2, W/2)
+                                      *(ResidualConvPair(half) for _ in range(pairs_half)))
             patch_in, patch_size = half, patch_size // 2
         else:
             raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")

@@ -72,7 +72,7 @@ def test_every_stem_gives_the_same_tokens_and_trains(stem):
     assert all(p.grad is not None for p in model.patch_embed.parameters())
 
 
-@pytest.mark.parametrize("halving_stem", ["conv3", "conv5", "conv7"])
+@pytest.mark.parametrize("halving_stem", vm.HALVING_STEMS)
 def test_halving_stems_need_an_even_patch_and_conv_keeps_its_checkpoint_keys(halving_stem):
     with pytest.raises(ValueError, match="patch_size must be even"):
         create_model("tiny", img_size=33, patch_size=3, stem=halving_stem)
