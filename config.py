@@ -34,6 +34,7 @@ class ModelConfig:
     block_type: str = "hybrid"  # hybrid | ssm | attention, or a comma-separated per-layer pattern
     patch_size: int = 4
     stem: str = "conv"
+    stem_width: float = 1.0  # multiplies the conv stems' channels (vision_mamba.PatchEmbed)
     # None: take the value from the size table (vision_mamba.MODEL_SIZES)
     embed_dim: Optional[int] = None
     depth: Optional[int] = None
@@ -190,7 +191,9 @@ PRESETS = {
     "cifar10": CIFAR10_RECIPE,
     "cifar100": merge(CIFAR10_RECIPE, {"data": {"dataset": "cifar100"}}),
     "fashion_mnist": {
-        "model": {"model_size": "tiny", "block_type": "ssm,attention", "patch_size": 4, "stem": "conv5", "drop_path": 0.1},
+        # session 28: a wide conv stem (96 channels at 28x28, 192 at 14x14) and 6 blocks instead of conv5 and 10
+        "model": {"model_size": "tiny", "block_type": "ssm,attention", "depth": 6, "patch_size": 4, "stem": "conv9",
+                  "stem_width": 2.0, "drop_path": 0.1},
         "data": {"dataset": "fashion_mnist", "batch_size": 1024, "crop_padding": 2, "random_erasing": 0.25},
         "training": {"epochs": 64, "lr": 1.5e-3, "warmup_epochs": 5.0, "label_smoothing": 0.1, "ema": True, "tta": True,
                      "tta_shift": 1, "cudagraphs": True},
@@ -328,6 +331,7 @@ def validate(config):
         value = getattr(m, key)
         _require(value is None or value >= 1, f"model.{key} must be >= 1, got {value}")
     _require(m.mlp_ratio is None or m.mlp_ratio > 0, f"model.mlp_ratio must be > 0, got {m.mlp_ratio}")
+    _require(m.stem_width > 0, f"model.stem_width must be > 0 (1: the stem's usual channels), got {m.stem_width}")
     dim = m.embed_dim or MODEL_SIZES[m.model_size].embed_dim
     heads = m.num_heads or MODEL_SIZES[m.model_size].num_heads
     _require(dim % heads == 0, f"model.embed_dim {dim} must be divisible by model.num_heads {heads}")
@@ -390,8 +394,8 @@ def model_from_config(config, num_classes, img_size, in_chans):
                          d_conv=m.d_conv, expand=m.expand, mlp_ratio=m.mlp_ratio)
     try:
         return VisionMamba(num_classes=num_classes, img_size=img_size, in_chans=in_chans, patch_size=m.patch_size,
-                           block_type=m.block_type, stem=m.stem, drop_path=m.drop_path, dropout=m.dropout,
+                           block_type=m.block_type, stem=m.stem, stem_width=m.stem_width, drop_path=m.drop_path, dropout=m.dropout,
                            mlp_conv=m.mlp_conv, ssm_conv=m.ssm_conv, attn_lsa=m.attn_lsa, **sizes)
     except ValueError as e:  # shapes that clash only once the data's image size is known
-        raise ConfigError(f"model: {e}; change model.patch_size, model.stem, model.embed_dim or model.num_heads, "
+        raise ConfigError(f"model: {e}; change model.patch_size, model.stem, model.stem_width, model.embed_dim or model.num_heads, "
                           f"or data.img_size") from None

@@ -272,22 +272,28 @@ class PatchEmbed(nn.Module):
       'conv7'  'conv5' plus a residual pair at full size (D/4 channels), before the halving conv:
                the CNN-like local bias at every pixel that WRN-type models win small grey images with;
       'conv9'  'conv7' with a second residual pair at H/2.
+    stem_width multiplies the conv stems' channels (D/2, or D/4 and D/2, at 1): at 2 the stem is
+    the bulk of the multiply-adds, a small CNN feeding the blocks (the fashion_mnist preset).
     """
 
-    def __init__(self, img_size, patch_size, in_chans, embed_dim, stem):
+    def __init__(self, img_size, patch_size, in_chans, embed_dim, stem, stem_width=1.0):
         super().__init__()
         if img_size % patch_size:
             raise ValueError(f"img_size {img_size} is not divisible by patch_size {patch_size}")
+        widened = int(embed_dim * stem_width)  # the conv stems' channels: D/2 and D/4 at stem_width 1
+        if widened < 4 or (stem == "patch" and stem_width != 1):
+            raise ValueError(f"stem_width {stem_width} must leave the stem's narrowest conv D/4 * stem_width >= 1 "
+                             f"channel, and be 1 for stem 'patch', which has no convs to widen")
         self.num_patches = (img_size // patch_size) ** 2
         if stem == "patch":
             self.stem, patch_in = nn.Identity(), in_chans
         elif stem == "conv":
-            self.stem, patch_in = conv_bn_gelu(in_chans, embed_dim // 2), embed_dim // 2
+            self.stem, patch_in = conv_bn_gelu(in_chans, widened // 2), widened // 2
         elif stem in HALVING_STEMS:
             if patch_size % 2:
                 raise ValueError(f"stem {stem!r} halves the image before patchifying: patch_size must be even, got {patch_size}")
             pairs_full, pairs_half = HALVING_STEMS[stem]
-            quarter, half = embed_dim // 4, embed_dim // 2
+            quarter, half = widened // 4, widened // 2
             self.stem = nn.Sequential(conv_bn_gelu(in_chans, quarter),  # (B, D/4, H, W)
                                       *(ResidualConvPair(quarter) for _ in range(pairs_full)),
                                       conv_bn_gelu(quarter, half, stride=2),  # (B, D/2, H/2, W/2)
@@ -690,10 +696,10 @@ def parse_block_pattern(block_type, depth):
 class VisionMamba(nn.Module):
     def __init__(self, num_classes=10, img_size=32, in_chans=3, patch_size=4, embed_dim=192, depth=12,
                  num_heads=3, d_state=16, d_conv=4, expand=1, mlp_ratio=4.0, block_type="hybrid",
-                 stem="conv", drop_path=0.1, dropout=0.0, mlp_conv=False, ssm_conv="1d", attn_lsa=False):
+                 stem="conv", stem_width=1.0, drop_path=0.1, dropout=0.0, mlp_conv=False, ssm_conv="1d", attn_lsa=False):
         super().__init__()
         self.num_classes = num_classes
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, stem)
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, stem, stem_width)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches, embed_dim))
         drop_rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]  # deeper layers dropped more often
         if ssm_conv not in SSM_CONVS:

@@ -81,6 +81,21 @@ def test_halving_stems_need_an_even_patch_and_conv_keeps_its_checkpoint_keys(hal
     assert {"patch_embed.stem.0.weight", "patch_embed.stem.1.running_mean", "patch_embed.proj.weight"} <= keys
 
 
+def test_stem_width_widens_every_stem_conv_and_keeps_the_tokens():
+    narrow = create_model("tiny", depth=1, img_size=28, in_chans=1, stem="conv9").patch_embed
+    wide = create_model("tiny", depth=1, img_size=28, in_chans=1, stem="conv9", stem_width=2.0).patch_embed
+    dim = MODEL_SIZES["tiny"].embed_dim
+    channels = lambda embed: [m.out_channels for m in embed.stem.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert channels(narrow) == [dim // 4] * 3 + [dim // 2] * 5  # the first conv and a pair at full size, then at H/2
+    assert channels(wide) == [2 * c for c in channels(narrow)]
+    assert wide(torch.randn(2, 1, 28, 28)).shape == narrow(torch.randn(2, 1, 28, 28)).shape == (2, 49, dim)
+    assert create_model("tiny", depth=1, stem="conv", stem_width=1.5).patch_embed.proj.in_channels == 3 * dim // 4
+    with pytest.raises(ValueError, match="no convs to widen"):
+        create_model("tiny", depth=1, stem="patch", stem_width=2.0)
+    with pytest.raises(ValueError, match=">= 1"):
+        create_model("tiny", depth=1, stem="conv3", stem_width=0.01)
+
+
 def test_grid_conv_is_a_conv_over_the_row_major_token_grid():
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(6, 6, 3, padding=1, groups=6)

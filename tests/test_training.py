@@ -161,6 +161,8 @@ def test_early_stopping_stops_and_keeps_the_best(tmp_path):
     (["--device", "tpu"], ["training.device", "auto, cpu, cuda"]),
     (["--set", "model.patch_size=3"], ["img_size 8 is not divisible by patch_size 3", "model.patch_size"]),
     (["--set", "model.stem=conv3", "--set", "model.patch_size=1"], ["patch_size must be even", "model.patch_size"]),
+    (["--set", "model.stem_width=0"], ["model.stem_width must be > 0"]),
+    (["--set", "model.stem=patch", "--set", "model.stem_width=2"], ["no convs to widen", "model.stem_width"]),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, fragments, capsys):
     result = run_main(train_vision_mamba.main, ["--output_dir", str(tmp_path / "out"), *args], capsys)
