@@ -191,11 +191,11 @@ PRESETS = {
     "cifar10": CIFAR10_RECIPE,
     "cifar100": merge(CIFAR10_RECIPE, {"data": {"dataset": "cifar100"}}),
     "fashion_mnist": {
-        # session 28: a wide conv stem (96 channels at 28x28, 192 at 14x14) and 6 blocks instead of conv5 and 10
+        # session 28: a wide conv stem (96 channels at 28x28, 192 at 14x14), 6 blocks instead of conv5 and 10, 96 epochs
         "model": {"model_size": "tiny", "block_type": "ssm,attention", "depth": 6, "patch_size": 4, "stem": "conv9",
                   "stem_width": 2.0, "drop_path": 0.1},
         "data": {"dataset": "fashion_mnist", "batch_size": 1024, "crop_padding": 2, "random_erasing": 0.25},
-        "training": {"epochs": 64, "lr": 1.5e-3, "warmup_epochs": 5.0, "label_smoothing": 0.1, "ema": True, "tta": True,
+        "training": {"epochs": 96, "lr": 1.5e-3, "warmup_epochs": 5.0, "label_smoothing": 0.1, "ema": True, "tta": True,
                      "tta_shift": 1, "cudagraphs": True},
     },
     "mnist": {
