@@ -138,13 +138,14 @@ def test_moved_data_is_one_line_naming_data_dir_and_data_dir_finds_it(tmp_path, 
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["num_samples"] == 24
 
 
-def test_a_checkpoint_with_grid_convs_is_rebuilt_and_scores_what_training_reported(tmp_path, capsys):
+def test_a_checkpoint_with_grid_convs_and_a_wide_stem_is_rebuilt_and_scores_what_training_reported(tmp_path, capsys):
     from helpers import read_log
     out = tmp_path / "run"
     # no EMA: the checkpoint's weights are the ones the test figure came from, scored the same way (digits
     # cannot be mirrored, so the test-time views are the image and its 1-px translations, in both scripts)
     assert train_vision_mamba.main(train_args(out, "--set", "model.mlp_conv=true", "--set", "model.ssm_conv=2d",
                                               "--set", "model.attn_lsa=true",
+                                              "--set", "model.stem=conv9", "--set", "model.stem_width=2",
                                               "--set", "training.ema=false",
                                               "--set", "training.tta_shift=1", epochs=1)) == 0
     checkpoint = out / "checkpoints" / "vision_mamba_digits" / "best_model.pth"
