@@ -155,7 +155,7 @@ def bench(args, device, size, block_type, batch_size):
             "cudagraphs": cudagraphs, "overrides": args.overrides,
             "syncs_per_step": None if syncs is None else sum(syncs.values()) / SYNC_CHECKED_STEPS,
             "gpu_kernel_ms": None if kernel_ms is None else round(kernel_ms, 2),
-            "ema": ema is not None, "mixing": mixing, "stem": config.model.stem,
+            "ema": ema is not None, "mixing": mixing, "stem": config.model.stem, "stem_width": config.model.stem_width,
             "mlp_conv": config.model.mlp_conv, "ssm_conv": config.model.ssm_conv, "conv_backend": vision_mamba.CONV_BACKEND,
             "peak_mem_mib": peak, "resident": data.resident, "torch": torch.__version__,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

@@ -39,6 +39,7 @@ def test_bench_train_runs_the_real_data_path(tmp_path):
     # the training loop's own step, with the cifar10 preset's EMA and MixUp/CutMix; --stem and --mlp_conv override the
     # preset's conv5 and ConvFFN
     assert row["ema"] is True and row["mixing"] is True and row["stem"] == "conv3" and row["mlp_conv"] is False
+    assert row["stem_width"] == 1.0  # the cifar10 preset's; fashion_mnist's widens its stem
     assert row["conv_backend"] == "shifts"  # the row says how the depthwise convs ran (VISION_MAMBA_CONV)
     assert "top kernels by self_cpu_time_total" in result.stdout and "aten::" in result.stdout
     assert "# matrix products by input shapes (CPU time per call" in result.stdout
