@@ -75,7 +75,7 @@ MODEL_SIZES = {
 BLOCK_TYPES = ("hybrid", "ssm", "attention")
 # The stems that halve the image with convs before patchifying, each with its count of residual conv pairs
 # at full size and at half size (the name counts the convs)
-HALVING_STEMS = {"conv3": (0, 0), "conv5": (0, 1), "conv7": (1, 1), "conv9": (1, 2)}
+HALVING_STEMS = {"conv3": (0, 0), "conv5": (0, 1), "conv7": (1, 1), "conv9": (1, 2), "conv11": (2, 2), "conv15": (3, 3)}
 STEMS = ("conv", *HALVING_STEMS, "patch")
 SSM_CONVS = ("1d", "2d")  # the SSM layer's conv: causal over the token order (Mamba, Vim) or 3x3 over the grid (VMamba)
 
@@ -271,7 +271,10 @@ class PatchEmbed(nn.Module):
                multiply-adds than 'conv3' in tiny hybrid, by torch's FLOP counter);
       'conv7'  'conv5' plus a residual pair at full size (D/4 channels), before the halving conv:
                the CNN-like local bias at every pixel that WRN-type models win small grey images with;
-      'conv9'  'conv7' with a second residual pair at H/2.
+      'conv9'  'conv7' with a second residual pair at H/2;
+      'conv11', 'conv15'  two and three pairs at each size.
+    The halving stems' names count their convs: the first, the halving one, two per pair, and the
+    patchifying conv.
     stem_width multiplies the conv stems' channels (D/2, or D/4 and D/2, at 1): at 2 the stem is
     the bulk of the multiply-adds, a small CNN feeding the blocks (the fashion_mnist preset).
     """

@@ -73,9 +73,11 @@ def test_every_stem_gives_the_same_tokens_and_trains(stem):
 
 
 @pytest.mark.parametrize("halving_stem", vm.HALVING_STEMS)
-def test_halving_stems_need_an_even_patch_and_conv_keeps_its_checkpoint_keys(halving_stem):
+def test_halving_stems_count_their_convs_need_an_even_patch_and_conv_keeps_its_checkpoint_keys(halving_stem):
     with pytest.raises(ValueError, match="patch_size must be even"):
         create_model("tiny", img_size=33, patch_size=3, stem=halving_stem)
+    embed = create_model("tiny", depth=1, img_size=28, in_chans=1, stem=halving_stem).patch_embed
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in embed.modules()) == int(halving_stem.removeprefix("conv"))
     keys = {k for k in create_model("tiny", depth=1, stem="conv").state_dict() if k.startswith("patch_embed.")}
     # names checkpoints written before the stems were factored out carry
     assert {"patch_embed.stem.0.weight", "patch_embed.stem.1.running_mean", "patch_embed.proj.weight"} <= keys
