@@ -501,8 +501,7 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
     if t.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        configure_cuda_math(cudnn_benchmark=not t.deterministic)
 
     data = create_data_loaders(config, device, runtime.rank, runtime.world_size)
     data_load_s = time.time() - started
@@ -725,6 +724,15 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
     if runtime.distributed:
         dist.barrier()
     return summary
+
+
+def configure_cuda_math(cudnn_benchmark=True):
+    """TF32 for fp32 matmuls and convolutions. cudnn_benchmark: cuDNN times its algorithms for each
+    convolution shape on first use and keeps the fastest (a training run has one batch shape, so it
+    searches once); off, it picks by heuristics, the same pick on every run (deterministic runs)."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = cudnn_benchmark
 
 
 def resolve_compile_mode(mode, device):

@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from vision_mamba import (MODEL_SIZES, BLOCK_TYPES, SSM_CONVS, STEMS, count_parameters, create_model, parse_block_pattern,  # noqa: E402
                           selective_scan, selective_scan_ref)
-from train_vision_mamba import compile_model  # noqa: E402
+from train_vision_mamba import compile_model, configure_cuda_math  # noqa: E402
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -153,8 +153,7 @@ def main():
     args.iters = args.iters or (30 if cuda else 5)
     args.scan_shape = args.scan_shape or ([256, 384, 64, 16] if cuda else [32, 384, 64, 16])
     if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        configure_cuda_math()
 
     env = {"torch": torch.__version__, "device": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",
            "threads": torch.get_num_threads(), "compile": args.compile, "date": time.strftime("%Y-%m-%d")}

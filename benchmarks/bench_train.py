@@ -11,7 +11,8 @@ and normalisation per batch) into the step the training script runs, with the pr
 MixUp/CutMix, then `train_vision_mamba.train_step` (bf16 autocast on CUDA, label-smoothed
 cross-entropy, gradient clipping, fused AdamW, EMA update). --compile as training.compile
 (default: the preset's, where auto means everything but attention on CUDA, nothing on the CPU);
---cudagraphs / --no-cudagraphs as training.cudagraphs (default: the preset's).
+--cudagraphs / --no-cudagraphs as training.cudagraphs (default: the preset's); --no-cudnn_benchmark
+as a deterministic run (cuDNN's heuristic pick of convolution algorithms instead of the timed one).
 
 Reported per configuration: img/s over the timed steps, step time, the part of it spent producing
 batches (timed separately over the same number of batches), model FLOP utilisation (FLOPs of a
@@ -37,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data_pipeline  # noqa: E402
 from config import COMPILE_MODES, ConfigError, apply_overrides, get_preset  # noqa: E402
 from train_vision_mamba import (UsageError, amp_dtype, build_model, check_backend_env, compile_model,  # noqa: E402
-                                cudagraphs_enabled, make_step_parts, resolve_compile_mode, set_overrides, train_step)
+                                configure_cuda_math, cudagraphs_enabled, make_step_parts, resolve_compile_mode, set_overrides, train_step)
 import vision_mamba  # noqa: E402
 from vision_mamba import BLOCK_TYPES, MODEL_SIZES, SSM_CONVS, STEMS, count_parameters  # noqa: E402
 
@@ -152,7 +153,7 @@ def bench(args, device, size, block_type, batch_size):
             "step_ms": round(step_s * 1e3, 2), "data_ms": round(data_s * 1e3, 3),
             "data_fraction": round(data_s / step_s, 4), "gflop_per_step": round(flops_per_step / 1e9, 1),
             "mfu": float(f"{flops_per_step / step_s / (args.peak_tflops * 1e12):.4g}"), "peak_tflops": args.peak_tflops, "compile_s": round(compile_s, 1), "compile_mode": compile_mode,
-            "cudagraphs": cudagraphs, "overrides": args.overrides,
+            "cudagraphs": cudagraphs, "cudnn_benchmark": torch.backends.cudnn.benchmark, "overrides": args.overrides,
             "syncs_per_step": None if syncs is None else sum(syncs.values()) / SYNC_CHECKED_STEPS,
             "gpu_kernel_ms": None if kernel_ms is None else round(kernel_ms, 2),
             "ema": ema is not None, "mixing": mixing, "stem": config.model.stem, "stem_width": config.model.stem_width,
@@ -237,6 +238,8 @@ def main():
     parser.add_argument("--cudagraphs", action=argparse.BooleanOptionalAction, default=None,
                         help="as training.cudagraphs: the compiled graphs replayed as CUDA graphs (CUDA only; "
                              "default: the preset's, on for cifar10 and cifar100)")
+    parser.add_argument("--cudnn_benchmark", action=argparse.BooleanOptionalAction, default=True,
+                        help="cuDNN times convolution algorithms on first use, as training does unless deterministic")
     parser.add_argument("--peak_tflops", type=float, default=790.0,
                         help="the GPU's bf16 matmul rate the MFU is measured against (H200: about 790, measured)")
     parser.add_argument("--profile", action="store_true", help="also print the top kernels of 3 steps (torch.profiler)")
@@ -259,8 +262,7 @@ def main():
     args.steps = args.steps or (50 if cuda else 3)
     args.warmup = args.warmup if args.warmup is not None else (10 if cuda else 1)
     if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        configure_cuda_math(cudnn_benchmark=args.cudnn_benchmark)
     rows = []
     for size in args.sizes:
         for block_type in args.block_types:
