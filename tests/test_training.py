@@ -377,6 +377,16 @@ def test_cudagraphs_only_for_compiled_cuda_training():
     assert config.training.cudagraphs and config.training.compile == "off"
 
 
+def test_cuda_math_times_cudnn_algorithms_unless_deterministic(monkeypatch):
+    for module, flag in ((torch.backends.cudnn, "benchmark"), (torch.backends.cudnn, "allow_tf32"),
+                         (torch.backends.cuda.matmul, "allow_tf32")):
+        monkeypatch.setattr(module, flag, getattr(module, flag))  # restored after the test
+    train_vision_mamba.configure_cuda_math(cudnn_benchmark=True)
+    assert torch.backends.cudnn.benchmark and torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    train_vision_mamba.configure_cuda_math(cudnn_benchmark=False)  # a deterministic run: the same pick every time
+    assert not torch.backends.cudnn.benchmark and torch.backends.cuda.matmul.allow_tf32
+
+
 def test_compile_auto_compiles_the_whole_model_on_cuda_and_nothing_on_cpu():
     resolve = train_vision_mamba.resolve_compile_mode
     assert resolve("auto", torch.device("cuda", 0)) == "on"
