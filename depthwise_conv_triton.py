@@ -1,5 +1,6 @@
 """The depthwise 3x3 conv over a token grid as Triton kernels, for CUDA: the grid convs' default
-path there (`vision_mamba.grid_conv`; `VISION_MAMBA_CONV=aten` gives cuDNN's instead).
+path there (`vision_mamba.grid_conv`; `VISION_MAMBA_CONV=aten` gives cuDNN's instead). At the end of
+the file, the SSM's causal conv1d the same way (`vision_mamba.causal_conv`, off until timed).
 
 The ConvFFN and the 2d SSM conv run a depthwise 3x3 conv (padding 1) over tokens laid out
 row-major on a side x side grid, (B, L, C) with L = side * side, channels innermost:
@@ -196,3 +197,144 @@ def _conv_grads(ctx, grad):
 
 
 dwconv3x3.register_autograd(_conv_grads, setup_context=_save_conv_inputs)
+
+
+# ------------------------------------------------------------------------------------------
+# The SSM's causal conv1d (K taps along the tokens, one filter a channel) on (B, L, C) tokens:
+#     forward      out[t, c] = bias[c] + sum over k < K of w[c, k] * x[t - (K-1) + k, c]
+#     input grad   grad_x[s, c] = sum over k of w[c, k] * g[s + (K-1) - k, c]   (the taps read forward)
+#     weight grad  grad_w[c, k] = sum over t of g[t, c] * x[t - (K-1) + k, c]; grad_b[c] = sum of g
+# A tap that falls before its sequence's first token (or after its last) reads 0. The K taps are a tile
+# axis (padded to a power of two, KP), so one program holds every tap of its tokens and channels: in the
+# weight gradient one (BLOCK_P, KP, BLOCK_C) accumulator, summed over tokens once at the end. torch runs
+# this conv in its native depthwise kernels, 2.3 ms of the fashion_mnist preset's 24.4 ms step on an H200
+# (docs/BENCHMARKS.md, session 30). Not yet timed on the GPU itself, so off by default (vision_mamba.causal_conv).
+CAUSAL_BLOCK_P = 32
+CAUSAL_BLOCK_C = 64
+CAUSAL_WGRAD_BLOCK_P = 16
+
+
+@triton.jit
+def _causal_window(x_ptr, start, total, L, x_row_stride, c, mask_c,
+                   K: tl.constexpr, KP: tl.constexpr, BLOCK_P: tl.constexpr, FORWARD_TAPS: tl.constexpr):
+    """x at tokens start .. start + BLOCK_P - 1's K window positions, (BLOCK_P, KP, BLOCK_C) fp32, with x_ptr at
+    token start: tap k at t - (K-1) + k (causal), or with FORWARD_TAPS at t + (K-1) - k; 0 outside the
+    token's own sequence and for the padding taps k >= K. Also the token offsets and which tokens exist."""
+    offsets = tl.arange(0, BLOCK_P)
+    valid = start + offsets < total
+    k = tl.arange(0, KP)
+    shift = (K - 1) - k if FORWARD_TAPS else k - (K - 1)
+    position = (start + offsets) % L
+    source = position[:, None] + shift[None, :]  # (BLOCK_P, KP): the tap's token within the sequence
+    inside = valid[:, None] & (k < K)[None, :] & (source >= 0) & (source < L)
+    pointers = x_ptr + (offsets[:, None] + shift[None, :])[:, :, None] * x_row_stride + c[None, None, :]
+    window = tl.load(pointers, mask=inside[:, :, None] & mask_c[None, None, :], other=0.0)
+    return window.to(tl.float32), offsets, valid
+
+
+@triton.jit
+def _causal_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, x_row_stride, total, L, C, K: tl.constexpr, KP: tl.constexpr,
+                       BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, FORWARD_TAPS: tl.constexpr):
+    """out = the causal conv of x; with FORWARD_TAPS (and no bias), the input gradient for output gradient x."""
+    start = tl.program_id(0) * BLOCK_P
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = c < C
+    x_ptr += tl.cast(start, tl.int64) * x_row_stride
+    out_ptr += tl.cast(start, tl.int64) * C
+    window, offsets, valid = _causal_window(x_ptr, start, total, L, x_row_stride, c, mask_c, K, KP, BLOCK_P, FORWARD_TAPS)
+    k = tl.arange(0, KP)
+    w = tl.load(w_ptr + c[None, :] * K + k[:, None], mask=(k < K)[:, None] & mask_c[None, :], other=0.0)  # (KP, BLOCK_C)
+    acc = tl.sum(window * w[None, :, :], axis=1)
+    if not FORWARD_TAPS:
+        acc += tl.load(b_ptr + c, mask=mask_c, other=0.0)[None, :]
+    tl.store(out_ptr + offsets[:, None] * C + c[None, :], acc, mask=valid[:, None] & mask_c[None, :])
+
+
+@triton.jit
+def _causal_wgrad_kernel(x_ptr, g_ptr, partial_ptr, x_row_stride, total, L, C, K: tl.constexpr, KP: tl.constexpr,
+                         BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Each program loops over token blocks, adding g * x[tap] into one (BLOCK_P, KP, BLOCK_C) tile and g into a
+    (BLOCK_P, BLOCK_C) one, and sums them over tokens at the end. partial_ptr: (programs, K + 1, C) fp32;
+    rows 0 .. K-1 the taps', row K the bias's."""
+    pid = tl.program_id(0)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = c < C
+    acc = tl.zeros((BLOCK_P, KP, BLOCK_C), dtype=tl.float32)
+    acc_bias = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    for start in tl.range(pid * BLOCK_P, total, tl.num_programs(0) * BLOCK_P):
+        x_block = x_ptr + tl.cast(start, tl.int64) * x_row_stride
+        window, offsets, valid = _causal_window(x_block, start, total, L, x_row_stride, c, mask_c, K, KP, BLOCK_P, False)
+        g = tl.load(g_ptr + tl.cast(start, tl.int64) * C + offsets[:, None] * C + c[None, :],
+                    mask=valid[:, None] & mask_c[None, :], other=0.0).to(tl.float32)
+        acc += g[:, None, :] * window
+        acc_bias += g
+    k = tl.arange(0, KP)
+    out = partial_ptr + pid * (K + 1) * C
+    tl.store(out + k[:, None] * C + c[None, :], tl.sum(acc, axis=0), mask=(k < K)[:, None] & mask_c[None, :])
+    tl.store(out + K * C + c, tl.sum(acc_bias, axis=0), mask=mask_c)
+
+
+def _causal(x, weight, bias, forward_taps):
+    x, row_stride = _rows(x)
+    batch, length, channels = x.shape
+    taps = weight.shape[-1]
+    out = torch.empty((batch, length, channels), dtype=x.dtype, device=x.device)
+    grid = (triton.cdiv(batch * length, CAUSAL_BLOCK_P), triton.cdiv(channels, CAUSAL_BLOCK_C))
+    weight = weight.float().contiguous()
+    _causal_fwd_kernel[grid](x, weight, weight if bias is None else bias.float().contiguous(), out, row_stride,
+                             batch * length, length, channels, K=taps, KP=triton.next_power_of_2(taps),
+                             BLOCK_P=CAUSAL_BLOCK_P, BLOCK_C=CAUSAL_BLOCK_C, FORWARD_TAPS=forward_taps, num_warps=NUM_WARPS)
+    return out
+
+
+@torch.library.custom_op("vision_mamba::causal_conv1d", mutates_args=())
+def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """x (B, L, C); weight (C, 1, K) and bias (C,) of a depthwise Conv1d, applied causally along L (output t sees
+    inputs t-K+1 .. t), any float dtype. Returns (B, L, C) in x's dtype, contiguous."""
+    return _causal(x, weight, bias, forward_taps=False)
+
+
+@causal_conv1d.register_fake
+def _(x, weight, bias):
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op("vision_mamba::causal_conv1d_backward", mutates_args=())
+def causal_conv1d_backward(grad: torch.Tensor, x: torch.Tensor,
+                           weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients for x (x's dtype, contiguous), weight and bias (fp32)."""
+    grad = grad.contiguous()
+    grad_x = _causal(grad, weight, None, forward_taps=True)
+    x, row_stride = _rows(x)
+    batch, length, channels = x.shape
+    taps = weight.shape[-1]
+    total = batch * length
+    channel_blocks = triton.cdiv(channels, CAUSAL_BLOCK_C)
+    sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 4
+    programs = max(1, min(triton.cdiv(total, CAUSAL_WGRAD_BLOCK_P), WGRAD_PROGRAMS_PER_SM * sms // channel_blocks))
+    partial = torch.empty((programs, taps + 1, channels), dtype=torch.float32, device=x.device)
+    _causal_wgrad_kernel[(programs, channel_blocks)](x, grad, partial, row_stride, total, length, channels, K=taps,
+                                                     KP=triton.next_power_of_2(taps), BLOCK_P=CAUSAL_WGRAD_BLOCK_P,
+                                                     BLOCK_C=CAUSAL_BLOCK_C, num_warps=NUM_WARPS)
+    sums = partial.sum(0)  # (K + 1, C)
+    return grad_x, sums[:taps].t().contiguous().view(weight.shape), sums[taps].clone()
+
+
+@causal_conv1d_backward.register_fake
+def _(grad, x, weight):
+    return (x.new_empty(x.shape), weight.new_empty(weight.shape, dtype=torch.float32),
+            weight.new_empty(weight.shape[0], dtype=torch.float32))
+
+
+def _save_causal_inputs(ctx, inputs, output):
+    x, weight, _ = inputs
+    ctx.save_for_backward(x, weight)
+
+
+def _causal_grads(ctx, grad):
+    x, weight = ctx.saved_tensors
+    grad_x, grad_w, grad_b = causal_conv1d_backward(grad, x, weight)
+    return grad_x, grad_w.to(weight.dtype), grad_b.to(weight.dtype)
+
+
+causal_conv1d.register_autograd(_causal_grads, setup_context=_save_causal_inputs)

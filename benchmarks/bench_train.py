@@ -12,7 +12,8 @@ MixUp/CutMix, then `train_vision_mamba.train_step` (bf16 autocast on CUDA, label
 cross-entropy, gradient clipping, fused AdamW, EMA update). --compile as training.compile
 (default: the preset's, where auto means everything but attention on CUDA, nothing on the CPU);
 --cudagraphs / --no-cudagraphs as training.cudagraphs (default: the preset's); --no-cudnn_benchmark
-as a deterministic run (cuDNN's heuristic pick of convolution algorithms instead of the timed one).
+as a deterministic run (cuDNN's heuristic pick of convolution algorithms instead of the timed one); --triton_causal_conv
+as vision_mamba.TRITON_CAUSAL_CONV (the SSM's causal conv1d as depthwise_conv_triton's kernels on CUDA).
 
 Reported per configuration: img/s over the timed steps, step time, the part of it spent producing
 batches (timed separately over the same number of batches), model FLOP utilisation (FLOPs of a
@@ -158,6 +159,7 @@ def bench(args, device, size, block_type, batch_size):
             "gpu_kernel_ms": None if kernel_ms is None else round(kernel_ms, 2),
             "ema": ema is not None, "mixing": mixing, "stem": config.model.stem, "stem_width": config.model.stem_width,
             "mlp_conv": config.model.mlp_conv, "ssm_conv": config.model.ssm_conv, "conv_backend": vision_mamba.CONV_BACKEND,
+            "triton_causal_conv": vision_mamba.TRITON_CAUSAL_CONV,
             "peak_mem_mib": peak, "resident": data.resident, "torch": torch.__version__,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "date": time.strftime("%Y-%m-%d")}
@@ -240,6 +242,9 @@ def main():
                              "default: the preset's, on for cifar10 and cifar100)")
     parser.add_argument("--cudnn_benchmark", action=argparse.BooleanOptionalAction, default=True,
                         help="cuDNN times convolution algorithms on first use, as training does unless deterministic")
+    parser.add_argument("--triton_causal_conv", action=argparse.BooleanOptionalAction, default=None,
+                        help="the SSM layers' causal conv1d through depthwise_conv_triton's kernels on CUDA "
+                             "(vision_mamba.TRITON_CAUSAL_CONV; default: its value, off until timed)")
     parser.add_argument("--peak_tflops", type=float, default=790.0,
                         help="the GPU's bf16 matmul rate the MFU is measured against (H200: about 790, measured)")
     parser.add_argument("--profile", action="store_true", help="also print the top kernels of 3 steps (torch.profiler)")
@@ -263,6 +268,8 @@ def main():
     args.warmup = args.warmup if args.warmup is not None else (10 if cuda else 1)
     if cuda:
         configure_cuda_math(cudnn_benchmark=args.cudnn_benchmark)
+    if args.triton_causal_conv is not None:
+        vision_mamba.TRITON_CAUSAL_CONV = args.triton_causal_conv
     rows = []
     for size in args.sizes:
         for block_type in args.block_types:

@@ -41,6 +41,7 @@ def test_bench_train_runs_the_real_data_path(tmp_path):
     assert row["ema"] is True and row["mixing"] is True and row["stem"] == "conv3" and row["mlp_conv"] is False
     assert row["stem_width"] == 1.0  # the cifar10 preset's; fashion_mnist's widens its stem
     assert row["conv_backend"] == "shifts"  # the row says how the depthwise convs ran (VISION_MAMBA_CONV)
+    assert row["triton_causal_conv"] is False  # and whether the SSM's causal conv took the Triton kernels (off by default)
     assert "top kernels by self_cpu_time_total" in result.stdout and "aten::" in result.stdout
     assert "# matrix products by input shapes (CPU time per call" in result.stdout
     assert re.search(r"#   aten::(mm|addmm|bmm) +[0-9.]+ us +[0-9]+x  \(", result.stdout)  # e.g. (8, 192) x (192, 768)
@@ -55,10 +56,11 @@ def test_bench_train_steps_past_the_end_of_an_epoch(tmp_path):
     out = tmp_path / "rows.jsonl"
     result = run_script("benchmarks/bench_train.py", ["--device", "cpu", "--num_images", "40", "--batch_sizes", "16",
                                                       "--block_types", "attention", "--steps", "4", "--warmup", "1",
-                                                      "--compile", "off", "--json", str(out)])
+                                                      "--compile", "off", "--triton_causal_conv", "--json", str(out)])
     assert result.returncode == 0, result.stderr[-2000:]
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert row["batch_size"] == 16 and row["img_per_s"] > 0 and row["data_ms"] > 0
+    assert row["triton_causal_conv"] is True  # asked for (it takes effect on CUDA only)
 
 
 def test_bench_train_imitates_each_preset_dataset_shape(monkeypatch):

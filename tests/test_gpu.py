@@ -123,20 +123,47 @@ def test_triton_grid_conv_matches_torch_conv_on_cuda(batch, side, channels, stri
                                                                             (x, weight, bias), g)))  # deterministic
 
 
-@pytest.mark.parametrize("backend", ["shifts", "triton"])
+@pytest.mark.parametrize("batch,length,channels,taps,strided", [(64, 49, 384, 4, False), (64, 64, 192, 4, True),
+                                                                 (37, 7, 100, 3, True)])
+def test_triton_causal_conv_matches_torch_conv_on_cuda(batch, length, channels, taps, strided):
+    # bf16 tokens as the model feeds them, against an fp64 conv
+    from depthwise_conv_triton import causal_conv1d
+    torch.manual_seed(0)
+    wide = torch.randn(batch, length, 2 * channels, device="cuda", dtype=torch.bfloat16)
+    x = (wide[..., :channels] if strided else wide[..., :channels].contiguous()).requires_grad_()
+    weight = torch.randn(channels, 1, taps, device="cuda", requires_grad=True)
+    bias = torch.randn(channels, device="cuda", requires_grad=True)
+    out = causal_conv1d(x, weight, bias)
+    ref_inputs = [t.detach().double().requires_grad_() for t in (x, weight, bias)]
+    ref = torch.nn.functional.conv1d(ref_inputs[0].transpose(1, 2), *ref_inputs[1:], padding=taps - 1,
+                                     groups=channels)[..., :length].transpose(1, 2)
+    assert out.dtype == torch.bfloat16 and rel_err(out, ref) < 1e-2  # bf16 output rounding
+    g = torch.randn_like(out)
+    grads, ref_grads = torch.autograd.grad(out, (x, weight, bias), g), torch.autograd.grad(ref, ref_inputs, g.double())
+    for grad, ref_grad in zip(grads, ref_grads):
+        assert rel_err(grad, ref_grad) < 1e-2
+    assert all(torch.equal(a, b) for a, b in zip(grads, torch.autograd.grad(causal_conv1d(x, weight, bias),
+                                                                            (x, weight, bias), g)))  # deterministic
+
+
+@pytest.mark.parametrize("backend", ["shifts", "triton", "triton_causal"])
 def test_compiled_conv_backends_equal_eager_on_cuda(backend, monkeypatch):
     # VISION_MAMBA_CONV=shifts (inductor's fused version of the depthwise convs) and =triton (the grid convs as
-    # depthwise_conv_triton's kernels), compiled, against the eager cuDNN convs
+    # depthwise_conv_triton's kernels; triton_causal: the SSM's causal conv1d too, vision_mamba.TRITON_CAUSAL_CONV),
+    # compiled, against the eager cuDNN convs
     import vision_mamba as vm
     torch.manual_seed(0)
     model = create_model("tiny", depth=2, block_type="ssm,attention", mlp_conv=True,
                          ssm_conv="2d" if backend == "triton" else "1d").cuda().eval()
+    causal = backend == "triton_causal"
+    backend = "triton" if causal else backend
     x = torch.randn(8, 3, 32, 32, device="cuda")
     eager = model(x)
     eager.square().mean().backward()
     eager_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
     monkeypatch.setattr(vm, "CONV_BACKEND", backend)
+    monkeypatch.setattr(vm, "TRITON_CAUSAL_CONV", causal)  # after the eager pass: its causal convs are torch's
     torch._dynamo.reset()
     try:
         compiled = torch.compile(model)(x)

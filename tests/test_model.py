@@ -572,29 +572,83 @@ def test_triton_grid_conv_matches_torch_conv_in_the_interpreter():
     run_in_triton_interpreter(script)
 
 
-def test_grid_convs_through_the_triton_path_in_the_interpreter():
-    """The model's CUDA glue for the grid convs (tokens in, tokens out, parameters' gradients), with the
-    kernels run by Triton's interpreter on the CPU, against the same model through torch's convs."""
+def test_triton_causal_conv_matches_torch_conv_in_the_interpreter():
+    """depthwise_conv_triton's causal conv1d kernels (the SSM's conv), run on the CPU by Triton's interpreter."""
     pytest.importorskip("triton")
+    script = (
+        "import torch, torch.nn.functional as F, depthwise_conv_triton as k\n"
+        "from test_model import rel_err\n"
+        "torch.manual_seed(0)\n"
+        "# a channel slice of a wider tensor, sequences that straddle token blocks, channels that do not fill a block,\n"
+        "# tap counts that are and are not powers of two, weight-gradient programs that loop over several blocks\n"
+        "for batch, length, channels, taps, strided, wgrad_block in [(3, 49, 100, 4, True, 16), (2, 10, 64, 3, False, 4),\n"
+        "                                                            (4, 7, 70, 2, True, 8), (2, 5, 33, 5, False, 16)]:\n"
+        "    k.CAUSAL_WGRAD_BLOCK_P = wgrad_block\n"
+        "    wide = torch.randn(batch, length, 2 * channels)\n"
+        "    x = (wide[..., :channels] if strided else wide[..., :channels].contiguous()).requires_grad_()\n"
+        "    weight, bias = torch.randn(channels, 1, taps, requires_grad=True), torch.randn(channels, requires_grad=True)\n"
+        "    out = k.causal_conv1d(x, weight, bias)\n"
+        "    ref = F.conv1d(x.transpose(1, 2), weight, bias, padding=taps - 1, groups=channels)[..., :length].transpose(1, 2)\n"
+        "    assert out.is_contiguous() and rel_err(out, ref) < 1e-6, rel_err(out, ref)\n"
+        "    g = torch.randn_like(out)\n"
+        "    for grad, ref_grad in zip(torch.autograd.grad(out, (x, weight, bias), g), torch.autograd.grad(ref, (x, weight, bias), g)):\n"
+        "        assert grad.shape == ref_grad.shape and rel_err(grad, ref_grad) < 1e-6, rel_err(grad, ref_grad)\n"
+        "x = torch.randn(2, 9, 16)[..., :8].requires_grad_()\n"
+        "torch.library.opcheck(k.causal_conv1d, (x, torch.randn(8, 1, 4, requires_grad=True), torch.randn(8, requires_grad=True)))\n"
+        "torch.library.opcheck(k.causal_conv1d_backward, (torch.randn(2, 9, 8), x.detach(), torch.randn(8, 1, 4)))\n"
+        "print('ok')\n")
+    run_in_triton_interpreter(script)
+
+
+def test_triton_causal_conv_kernels_compile_for_the_h200():
+    """The interpreter does not run Triton's compiler: compile the causal conv's kernels for the H100/H200 (sm_90)
+    here, without a GPU, as they are launched (bf16 tokens, fp32 weights and partial sums), through ptxas to a cubin."""
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    import depthwise_conv_triton as k
+    tiles = dict(K=4, KP=4, BLOCK_C=k.CAUSAL_BLOCK_C)
+    launches = [(k._causal_fwd_kernel, dict(tiles, BLOCK_P=k.CAUSAL_BLOCK_P, FORWARD_TAPS=False)),
+                (k._causal_fwd_kernel, dict(tiles, BLOCK_P=k.CAUSAL_BLOCK_P, FORWARD_TAPS=True)),
+                (k._causal_wgrad_kernel, dict(tiles, BLOCK_P=k.CAUSAL_WGRAD_BLOCK_P))]
+    for kernel, constants in launches:
+        signature = {name: "constexpr" if name in constants else "i32" if not name.endswith("_ptr")
+                     else "*bf16" if name in ("x_ptr", "g_ptr", "out_ptr") else "*fp32" for name in kernel.arg_names}
+        compiled = triton.compile(ASTSource(kernel, signature, constants), target=GPUTarget("cuda", 90, 32),
+                                  options={"num_warps": k.NUM_WARPS})
+        assert compiled.asm["cubin"], kernel.__name__
+
+
+@pytest.mark.parametrize("conv", ["grid", "causal"])
+def test_depthwise_convs_through_the_triton_path_in_the_interpreter(conv):
+    """The model's CUDA glue for the depthwise convs (tokens in, tokens out, parameters' gradients), with the kernels
+    run by Triton's interpreter on the CPU, against the same model through torch's convs: the grid convs (2d SSM conv,
+    ConvFFN) and the SSM's causal conv1d (with vision_mamba.TRITON_CAUSAL_CONV)."""
+    pytest.importorskip("triton")
+    model_args, kernel, expected_calls = {
+        # the SSM's conv (32 channels) and both ConvFFNs (128), on the 8x8 token grid
+        "grid": ("depth=2, mlp_conv=True, ssm_conv='2d'", "dwconv3x3", [(3, 64, 32), (3, 64, 128), (3, 64, 128)]),
+        # both SSM layers: 64 tokens, 2 directions of 32 channels (tiny's expand is 1)
+        "causal": ("depth=4", "causal_conv1d", [(3, 64, 2 * 32)] * 2)}[conv]
     script = (
         "import torch, vision_mamba as vm\n"
         "from test_model import rel_err\n"
         "torch.manual_seed(0)\n"
-        "model = vm.create_model('tiny', depth=2, embed_dim=32, num_heads=2, block_type='ssm,attention', mlp_conv=True,\n"
-        "                        ssm_conv='2d').eval()  # eval: no random drop path\n"
+        f"model = vm.create_model('tiny', embed_dim=32, num_heads=2, block_type='ssm,attention', {model_args}).eval()\n"
         "x = torch.randn(3, 3, 32, 32)\n"
         "def run():\n"
         "    model.zero_grad(set_to_none=True)\n"
         "    out = model(x)\n"
         "    out.square().sum().backward()\n"
         "    return out, {n: p.grad.clone() for n, p in model.named_parameters()}\n"
-        "aten, aten_grads = run()\n"
+        "aten, aten_grads = run()  # eval: no random drop path, so the two runs compute the same\n"
         "calls = []\n"
-        "real = vm._triton_conv.dwconv3x3\n"
-        "vm._triton_conv.dwconv3x3 = lambda *args: calls.append(args[-1]) or real(*args)\n"
+        f"real = vm._triton_conv.{kernel}\n"
+        f"vm._triton_conv.{kernel} = lambda *args: calls.append(tuple(args[0].shape)) or real(*args)\n"
         "vm._use_triton_conv = lambda tokens, conv: True\n"
+        "vm.TRITON_CAUSAL_CONV = True\n"
         "triton, triton_grads = run()\n"
-        "assert calls == [8, 8, 8], calls  # the SSM's conv and both ConvFFNs, on the 8x8 token grid\n"
+        f"assert calls == {expected_calls!r}, calls\n"
         "assert rel_err(triton, aten) < 1e-5, rel_err(triton, aten)\n"
         "for name in aten_grads:\n"
         "    assert rel_err(triton_grads[name], aten_grads[name]) < 1e-4, name\n"
