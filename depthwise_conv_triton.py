@@ -204,9 +204,9 @@ dwconv3x3.register_autograd(_conv_grads, setup_context=_save_conv_inputs)
 #     forward      out[t, c] = bias[c] + sum over k < K of w[c, k] * x[t - (K-1) + k, c]
 #     input grad   grad_x[s, c] = sum over k of w[c, k] * g[s + (K-1) - k, c]   (the taps read forward)
 #     weight grad  grad_w[c, k] = sum over t of g[t, c] * x[t - (K-1) + k, c]; grad_b[c] = sum of g
-# A tap that falls before its sequence's first token (or after its last) reads 0. The K taps are a tile
-# axis (padded to a power of two, KP), so one program holds every tap of its tokens and channels: in the
-# weight gradient one (BLOCK_P, KP, BLOCK_C) accumulator, summed over tokens once at the end. torch runs
+# A tap that falls before its sequence's first token (or after its last) reads 0. The forward and input
+# gradient add one load a tap in registers; in the weight gradient the K taps are a tile axis (padded to a
+# power of two, KP), one (BLOCK_P, KP, BLOCK_C) accumulator summed over tokens once at the end. torch runs
 # this conv in its native depthwise kernels, 2.3 ms of the fashion_mnist preset's 24.4 ms step on an H200
 # (docs/BENCHMARKS.md, session 30). Not yet timed on the GPU itself, so off by default (vision_mamba.causal_conv).
 CAUSAL_BLOCK_P = 32
@@ -215,15 +215,14 @@ CAUSAL_WGRAD_BLOCK_P = 16
 
 
 @triton.jit
-def _causal_window(x_ptr, start, total, L, x_row_stride, c, mask_c,
-                   K: tl.constexpr, KP: tl.constexpr, BLOCK_P: tl.constexpr, FORWARD_TAPS: tl.constexpr):
+def _causal_window(x_ptr, start, total, L, x_row_stride, c, mask_c, K: tl.constexpr, KP: tl.constexpr, BLOCK_P: tl.constexpr):
     """x at tokens start .. start + BLOCK_P - 1's K window positions, (BLOCK_P, KP, BLOCK_C) fp32, with x_ptr at
-    token start: tap k at t - (K-1) + k (causal), or with FORWARD_TAPS at t + (K-1) - k; 0 outside the
-    token's own sequence and for the padding taps k >= K. Also the token offsets and which tokens exist."""
+    token start: tap k at t - (K-1) + k, 0 before the token's own sequence and for the padding taps k >= K.
+    Also the token offsets and which tokens exist."""
     offsets = tl.arange(0, BLOCK_P)
     valid = start + offsets < total
     k = tl.arange(0, KP)
-    shift = (K - 1) - k if FORWARD_TAPS else k - (K - 1)
+    shift = k - (K - 1)
     position = (start + offsets) % L
     source = position[:, None] + shift[None, :]  # (BLOCK_P, KP): the tap's token within the sequence
     inside = valid[:, None] & (k < K)[None, :] & (source >= 0) & (source < L)
@@ -233,20 +232,28 @@ def _causal_window(x_ptr, start, total, L, x_row_stride, c, mask_c,
 
 
 @triton.jit
-def _causal_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, x_row_stride, total, L, C, K: tl.constexpr, KP: tl.constexpr,
+def _causal_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, x_row_stride, total, L, C, K: tl.constexpr,
                        BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, FORWARD_TAPS: tl.constexpr):
-    """out = the causal conv of x; with FORWARD_TAPS (and no bias), the input gradient for output gradient x."""
+    """out = the causal conv of x; with FORWARD_TAPS (and no bias), the input gradient for output gradient x.
+    One (BLOCK_P, BLOCK_C) load a tap, added up in registers: no reduction across threads."""
     start = tl.program_id(0) * BLOCK_P
+    offsets = tl.arange(0, BLOCK_P)
+    valid = start + offsets < total
+    position = (start + offsets) % L
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = c < C
     x_ptr += tl.cast(start, tl.int64) * x_row_stride
     out_ptr += tl.cast(start, tl.int64) * C
-    window, offsets, valid = _causal_window(x_ptr, start, total, L, x_row_stride, c, mask_c, K, KP, BLOCK_P, FORWARD_TAPS)
-    k = tl.arange(0, KP)
-    w = tl.load(w_ptr + c[None, :] * K + k[:, None], mask=(k < K)[:, None] & mask_c[None, :], other=0.0)  # (KP, BLOCK_C)
-    acc = tl.sum(window * w[None, :, :], axis=1)
+    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     if not FORWARD_TAPS:
         acc += tl.load(b_ptr + c, mask=mask_c, other=0.0)[None, :]
+    for k in tl.static_range(K):
+        shift = (K - 1) - k if FORWARD_TAPS else k - (K - 1)
+        inside = valid & (position + shift >= 0) & (position + shift < L)
+        xs = tl.load(x_ptr + (offsets + shift)[:, None] * x_row_stride + c[None, :],
+                     mask=inside[:, None] & mask_c[None, :], other=0.0)
+        w = tl.load(w_ptr + c * K + k, mask=mask_c, other=0.0)
+        acc += xs.to(tl.float32) * w[None, :]
     tl.store(out_ptr + offsets[:, None] * C + c[None, :], acc, mask=valid[:, None] & mask_c[None, :])
 
 
@@ -263,7 +270,7 @@ def _causal_wgrad_kernel(x_ptr, g_ptr, partial_ptr, x_row_stride, total, L, C, K
     acc_bias = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     for start in tl.range(pid * BLOCK_P, total, tl.num_programs(0) * BLOCK_P):
         x_block = x_ptr + tl.cast(start, tl.int64) * x_row_stride
-        window, offsets, valid = _causal_window(x_block, start, total, L, x_row_stride, c, mask_c, K, KP, BLOCK_P, False)
+        window, offsets, valid = _causal_window(x_block, start, total, L, x_row_stride, c, mask_c, K, KP, BLOCK_P)
         g = tl.load(g_ptr + tl.cast(start, tl.int64) * C + offsets[:, None] * C + c[None, :],
                     mask=valid[:, None] & mask_c[None, :], other=0.0).to(tl.float32)
         acc += g[:, None, :] * window
@@ -282,8 +289,8 @@ def _causal(x, weight, bias, forward_taps):
     grid = (triton.cdiv(batch * length, CAUSAL_BLOCK_P), triton.cdiv(channels, CAUSAL_BLOCK_C))
     weight = weight.float().contiguous()
     _causal_fwd_kernel[grid](x, weight, weight if bias is None else bias.float().contiguous(), out, row_stride,
-                             batch * length, length, channels, K=taps, KP=triton.next_power_of_2(taps),
-                             BLOCK_P=CAUSAL_BLOCK_P, BLOCK_C=CAUSAL_BLOCK_C, FORWARD_TAPS=forward_taps, num_warps=NUM_WARPS)
+                             batch * length, length, channels, K=taps, BLOCK_P=CAUSAL_BLOCK_P, BLOCK_C=CAUSAL_BLOCK_C,
+                             FORWARD_TAPS=forward_taps, num_warps=NUM_WARPS)
     return out
 
 

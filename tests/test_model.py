@@ -607,10 +607,10 @@ def test_triton_causal_conv_kernels_compile_for_the_h200():
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     import depthwise_conv_triton as k
-    tiles = dict(K=4, KP=4, BLOCK_C=k.CAUSAL_BLOCK_C)
+    tiles = dict(K=4, BLOCK_C=k.CAUSAL_BLOCK_C)
     launches = [(k._causal_fwd_kernel, dict(tiles, BLOCK_P=k.CAUSAL_BLOCK_P, FORWARD_TAPS=False)),
                 (k._causal_fwd_kernel, dict(tiles, BLOCK_P=k.CAUSAL_BLOCK_P, FORWARD_TAPS=True)),
-                (k._causal_wgrad_kernel, dict(tiles, BLOCK_P=k.CAUSAL_WGRAD_BLOCK_P))]
+                (k._causal_wgrad_kernel, dict(tiles, KP=4, BLOCK_P=k.CAUSAL_WGRAD_BLOCK_P))]
     for kernel, constants in launches:
         signature = {name: "constexpr" if name in constants else "i32" if not name.endswith("_ptr")
                      else "*bf16" if name in ("x_ptr", "g_ptr", "out_ptr") else "*fp32" for name in kernel.arg_names}
