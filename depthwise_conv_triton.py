@@ -133,6 +133,21 @@ def _rows(x):
     return x, x.stride(1)
 
 
+def _wgrad_programs(x, total, block_p, channel_blocks):
+    """How many programs a weight-gradient kernel spreads its total pixels (tokens) over, for each block of
+    channels: WGRAD_PROGRAMS_PER_SM a multiprocessor in all (4 multiprocessors off the GPU: the interpreter),
+    and no more than there are blocks of block_p pixels."""
+    sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 4
+    return max(1, min(triton.cdiv(total, block_p), WGRAD_PROGRAMS_PER_SM * sms // channel_blocks))
+
+
+def _gradient_shapes(x, weight):
+    """A backward op's outputs as shapes only (torch.compile's fake tensors): grad_x like x, the weight's and
+    bias's gradients in fp32."""
+    return (x.new_empty(x.shape), weight.new_empty(weight.shape, dtype=torch.float32),
+            weight.new_empty(weight.shape[0], dtype=torch.float32))
+
+
 def _conv(x, weight, bias, side, mirror):
     x, row_stride = _rows(x)
     batch, length, channels = x.shape
@@ -169,8 +184,7 @@ def dwconv3x3_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
     batch, length, channels = x.shape
     total = batch * length
     channel_blocks = triton.cdiv(channels, WGRAD_BLOCK_C)
-    sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 4
-    programs = max(1, min(triton.cdiv(total, WGRAD_BLOCK_P), WGRAD_PROGRAMS_PER_SM * sms // channel_blocks))
+    programs = _wgrad_programs(x, total, WGRAD_BLOCK_P, channel_blocks)
     partial = torch.empty((programs, 10, channels), dtype=torch.float32, device=x.device)
     _dwconv_wgrad_kernel[(programs, channel_blocks)](x, grad, partial, row_stride, total, length, side, channels,
                                                      BLOCK_P=WGRAD_BLOCK_P, BLOCK_C=WGRAD_BLOCK_C, STAGES=WGRAD_STAGES,
@@ -181,8 +195,7 @@ def dwconv3x3_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
 
 @dwconv3x3_backward.register_fake
 def _(grad, x, weight, side):
-    return (x.new_empty(x.shape), weight.new_empty(weight.shape, dtype=torch.float32),
-            weight.new_empty(weight.shape[0], dtype=torch.float32))
+    return _gradient_shapes(x, weight)
 
 
 def _save_conv_inputs(ctx, inputs, output):
@@ -317,8 +330,7 @@ def causal_conv1d_backward(grad: torch.Tensor, x: torch.Tensor,
     taps = weight.shape[-1]
     total = batch * length
     channel_blocks = triton.cdiv(channels, CAUSAL_BLOCK_C)
-    sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 4
-    programs = max(1, min(triton.cdiv(total, CAUSAL_WGRAD_BLOCK_P), WGRAD_PROGRAMS_PER_SM * sms // channel_blocks))
+    programs = _wgrad_programs(x, total, CAUSAL_WGRAD_BLOCK_P, channel_blocks)
     partial = torch.empty((programs, taps + 1, channels), dtype=torch.float32, device=x.device)
     _causal_wgrad_kernel[(programs, channel_blocks)](x, grad, partial, row_stride, total, length, channels, K=taps,
                                                      KP=triton.next_power_of_2(taps), BLOCK_P=CAUSAL_WGRAD_BLOCK_P,
@@ -329,8 +341,7 @@ def causal_conv1d_backward(grad: torch.Tensor, x: torch.Tensor,
 
 @causal_conv1d_backward.register_fake
 def _(grad, x, weight):
-    return (x.new_empty(x.shape), weight.new_empty(weight.shape, dtype=torch.float32),
-            weight.new_empty(weight.shape[0], dtype=torch.float32))
+    return _gradient_shapes(x, weight)
 
 
 def _save_causal_inputs(ctx, inputs, output):
