@@ -244,7 +244,7 @@ def main():
                         help="cuDNN times convolution algorithms on first use, as training does unless deterministic")
     parser.add_argument("--triton_causal_conv", action=argparse.BooleanOptionalAction, default=None,
                         help="the SSM layers' causal conv1d through depthwise_conv_triton's kernels on CUDA "
-                             "(vision_mamba.TRITON_CAUSAL_CONV; default: its value, off until timed)")
+                             "(vision_mamba.TRITON_CAUSAL_CONV; default: its value, on since session 31)")
     parser.add_argument("--peak_tflops", type=float, default=790.0,
                         help="the GPU's bf16 matmul rate the MFU is measured against (H200: about 790, measured)")
     parser.add_argument("--profile", action="store_true", help="also print the top kernels of 3 steps (torch.profiler)")
