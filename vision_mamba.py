@@ -330,9 +330,9 @@ class ResidualConvPair(nn.Module):
         return x + self.convs(x)
 
 
-# Depthwise convs (the SSM's causal conv1d, the 3x3 grid convs) run as conv kernels: on CUDA the grid
-# convs as depthwise_conv_triton's (VISION_MAMBA_CONV=triton, the default; 2.4-3.1% off gated hybrid-tiny's
-# training step on the H200, session 25), everything else as torch's (cuDNN; all of them with
+# Depthwise convs (the SSM's causal conv1d, the 3x3 grid convs) run as conv kernels: on CUDA as
+# depthwise_conv_triton's (VISION_MAMBA_CONV=triton, the default; the grid convs 2.4-3.1% off gated hybrid-tiny's
+# training step on the H200, session 25; the causal conv below), elsewhere as torch's (all of them with
 # VISION_MAMBA_CONV=aten). With VISION_MAMBA_CONV=shifts, compiled graphs compute them instead as sums
 # of shifted copies, which inductor can fuse with the element-wise ops around them (the official Mamba
 # hand-writes a CUDA kernel, causal_conv1d, for the same reason). Eager runs keep the conv kernels: the

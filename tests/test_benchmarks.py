@@ -31,7 +31,7 @@ def test_bench_train_runs_the_real_data_path(tmp_path):
     result = run_script("benchmarks/bench_train.py", ["--device", "cpu", "--num_images", "300", "--block_types", "ssm,attention",
                                                       "--stem", "conv3", "--mlp_conv", "off", "--batch_sizes", "8", "--steps", "1",
                                                       "--warmup", "0", "--profile", "--compile", "regional", "--cudagraphs",
-                                                      "--json", str(out)], env={"VISION_MAMBA_CONV": "shifts"})
+                                                      "--no-triton_causal_conv", "--json", str(out)], env={"VISION_MAMBA_CONV": "shifts"})
     assert result.returncode == 0, result.stderr[-2000:]
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert row["block_type"] == "ssm,attention" and row["batch_size"] == 8 and row["img_per_s"] > 0
@@ -41,7 +41,7 @@ def test_bench_train_runs_the_real_data_path(tmp_path):
     assert row["ema"] is True and row["mixing"] is True and row["stem"] == "conv3" and row["mlp_conv"] is False
     assert row["stem_width"] == 1.0  # the cifar10 preset's; fashion_mnist's widens its stem
     assert row["conv_backend"] == "shifts"  # the row says how the depthwise convs ran (VISION_MAMBA_CONV)
-    assert row["triton_causal_conv"] is False  # and whether the SSM's causal conv took the Triton kernels (off by default)
+    assert row["triton_causal_conv"] is False  # and the switch for the SSM's causal conv's Triton kernels (on by default)
     assert "top kernels by self_cpu_time_total" in result.stdout and "aten::" in result.stdout
     assert "# matrix products by input shapes (CPU time per call" in result.stdout
     assert re.search(r"#   aten::(mm|addmm|bmm) +[0-9.]+ us +[0-9]+x  \(", result.stdout)  # e.g. (8, 192) x (192, 768)

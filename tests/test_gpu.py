@@ -158,12 +158,13 @@ def test_compiled_conv_backends_equal_eager_on_cuda(backend, monkeypatch):
     causal = backend == "triton_causal"
     backend = "triton" if causal else backend
     x = torch.randn(8, 3, 32, 32, device="cuda")
+    monkeypatch.setattr(vm, "CONV_BACKEND", "aten")  # the reference: torch's convs (the default is the Triton kernels)
     eager = model(x)
     eager.square().mean().backward()
     eager_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
     monkeypatch.setattr(vm, "CONV_BACKEND", backend)
-    monkeypatch.setattr(vm, "TRITON_CAUSAL_CONV", causal)  # after the eager pass: its causal convs are torch's
+    monkeypatch.setattr(vm, "TRITON_CAUSAL_CONV", causal)
     torch._dynamo.reset()
     try:
         compiled = torch.compile(model)(x)
