@@ -159,7 +159,7 @@ def merge(base, override):
 # the recipes measured in docs/RESULTS.md (3 seeds or more each); cifar100 is the cifar10 recipe with 100
 # classes, not measured (no CIFAR-100 data was available).
 # cifar10 spends the time CUDA graphs saved (120 epochs took 311 s with them, 455-460 s without) on
-# 60 more epochs. fashion_mnist is its own model (session 28): a wide conv9 stem that does most of
+# 60 more epochs. fashion_mnist is its own model (session 28): a wide conv stem that does most of
 # the work on 28x28 grey images, then 6 blocks on 49 tokens, with random erasing and 2-px crops, and
 # the default 10% validation split (2% gave nothing there). Without mixing that model fitted the
 # training set by epoch ~60 and stopped gaining; MixUp/CutMix (which cost the old model 0.3 points

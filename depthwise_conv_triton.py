@@ -198,18 +198,22 @@ def _(grad, x, weight, side):
     return _gradient_shapes(x, weight)
 
 
-def _save_conv_inputs(ctx, inputs, output):
-    x, weight, _, ctx.side = inputs
-    ctx.save_for_backward(x, weight)
+def _register_conv_autograd(conv_op, backward_op):
+    """Autograd for a conv op called as (x, weight, bias, *shape args) through its backward op, called as
+    (grad, x, weight, *shape args) and returning the gradients of x, weight (fp32) and bias (fp32)."""
+    def save_inputs(ctx, inputs, output):
+        x, weight, _, *ctx.shape_args = inputs
+        ctx.save_for_backward(x, weight)
+
+    def grads(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_x, grad_w, grad_b = backward_op(grad, x, weight, *ctx.shape_args)
+        return grad_x, grad_w.to(weight.dtype), grad_b.to(weight.dtype), *[None] * len(ctx.shape_args)
+
+    conv_op.register_autograd(grads, setup_context=save_inputs)
 
 
-def _conv_grads(ctx, grad):
-    x, weight = ctx.saved_tensors
-    grad_x, grad_w, grad_b = dwconv3x3_backward(grad, x, weight, ctx.side)
-    return grad_x, grad_w.to(weight.dtype), grad_b.to(weight.dtype), None
-
-
-dwconv3x3.register_autograd(_conv_grads, setup_context=_save_conv_inputs)
+_register_conv_autograd(dwconv3x3, dwconv3x3_backward)
 
 
 # ------------------------------------------------------------------------------------------
@@ -221,7 +225,8 @@ dwconv3x3.register_autograd(_conv_grads, setup_context=_save_conv_inputs)
 # gradient add one load a tap in registers; in the weight gradient the K taps are a tile axis (padded to a
 # power of two, KP), one (BLOCK_P, KP, BLOCK_C) accumulator summed over tokens once at the end. torch runs
 # this conv in its native depthwise kernels, 2.3 ms of the fashion_mnist preset's 24.4 ms step on an H200
-# (docs/BENCHMARKS.md, session 30). Not yet timed on the GPU itself, so off by default (vision_mamba.causal_conv).
+# (docs/BENCHMARKS.md, session 30); with these kernels, the default since session 31 (vision_mamba.causal_conv),
+# that step is 15% faster.
 CAUSAL_BLOCK_P = 32
 CAUSAL_BLOCK_C = 64
 CAUSAL_WGRAD_BLOCK_P = 16
@@ -344,15 +349,4 @@ def _(grad, x, weight):
     return _gradient_shapes(x, weight)
 
 
-def _save_causal_inputs(ctx, inputs, output):
-    x, weight, _ = inputs
-    ctx.save_for_backward(x, weight)
-
-
-def _causal_grads(ctx, grad):
-    x, weight = ctx.saved_tensors
-    grad_x, grad_w, grad_b = causal_conv1d_backward(grad, x, weight)
-    return grad_x, grad_w.to(weight.dtype), grad_b.to(weight.dtype)
-
-
-causal_conv1d.register_autograd(_causal_grads, setup_context=_save_causal_inputs)
+_register_conv_autograd(causal_conv1d, causal_conv1d_backward)
