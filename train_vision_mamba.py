@@ -15,6 +15,7 @@ SIGINT/SIGTERM after saving a resumable checkpoint.
 """
 import argparse
 import contextlib
+import copy
 import dataclasses
 import glob
 import hashlib
@@ -200,6 +201,77 @@ def check_existing_experiment(paths, resuming, overwrite):
 
 def build_model(config, info):
     return model_from_config(config, info.num_classes, info.img_size, info.in_chans)
+
+
+# A CPU step that does not fit in memory is killed by the OS without a word (exit 137), so it is refused before
+# it starts. What each more image in a batch added to the training script's peak memory, over the activations
+# autograd saves for it (torch 2.14, 2 CPU cores, 24 GiB): the cifar10 preset's model 1.45x from batch 64 to 128 and
+# 1.70x from 128 to 256 (its ConvFFN and 2d convs make transients autograd does not keep), and at 1024 it was killed
+# with 22 GiB free; fashion_mnist's 1.31x (128 to 256); tiny gated hybrid 1.0x and tiny attention 1.4x (64 to 128).
+# Larger batches run higher, so the factor is the highest seen, a little over (docs/BENCHMARKS.md, session 32).
+CPU_STEP_MEMORY_FACTOR = 1.8
+
+
+def saved_activation_bytes_per_image(model, image_shape, dtype=None):
+    """Bytes of the activations autograd saves for the backward, per training image (under autocast to
+    dtype, as training runs): measured on a copy of the model (its batch norms update their statistics)
+    at 4 and 2 images, whose difference leaves out the weights that are saved too."""
+    probe = copy.deepcopy(model).train()
+
+    def saved_bytes(batch):
+        storages = {}
+
+        def pack(tensor):
+            storage = tensor.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()  # by storage: views of one tensor count once
+            return tensor
+
+        with (torch.random.fork_rng(devices=[]), torch.autocast("cpu", dtype=dtype, enabled=dtype is not None),
+              torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor)):
+            probe(torch.zeros(batch, *image_shape))
+        return sum(storages.values())
+
+    return (saved_bytes(4) - saved_bytes(2)) / 2
+
+
+def available_memory_bytes():
+    """Memory the OS can still give (Linux's MemAvailable; elsewhere the physical total), or None."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return None
+
+
+def cpu_step_memory(model, image_shape, dtype=None):
+    """Estimated memory of a CPU training step as (bytes per image of the batch, bytes at any batch size)."""
+    per_image = CPU_STEP_MEMORY_FACTOR * saved_activation_bytes_per_image(model, image_shape, dtype)
+    fixed = 5 * sum(p.numel() * p.element_size() for p in model.parameters())  # weights, gradients, AdamW's 2 moments, EMA
+    return per_image, fixed
+
+
+def check_cpu_step_fits(model, config, info, processes_on_host, dtype=None):
+    """ConfigError, with a batch size that fits, when a CPU training step would not fit in memory."""
+    available = available_memory_bytes()
+    if available is None:
+        return
+    batch = config.data.batch_size
+    per_image, fixed = cpu_step_memory(model, (info.in_chans, info.img_size, info.img_size), dtype)
+    needed = processes_on_host * (per_image * batch + fixed)
+    if needed <= available:
+        return
+    largest = int((available / processes_on_host - fixed) / per_image)
+    if largest < 1:
+        fix = "use a smaller model.model_size, or train on a GPU"
+    else:
+        smaller = 2 ** int(math.log2(largest))
+        fix = f"lower it, e.g. --batch_size {smaller} --lr {config.training.lr * smaller / batch:g} (lr in proportion), or train on a GPU"
+    raise ConfigError(f"a training step at data.batch_size {batch} needs about {needed / 2**30:.3g} GiB of memory on this CPU"
+                      f"{f' ({processes_on_host} processes)' if processes_on_host > 1 else ''}, and "
+                      f"{available / 2**30:.3g} GiB is available; {fix}")
 
 
 def effective_lr(config, world_size):
@@ -507,6 +579,8 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
     data_load_s = time.time() - started
     info, dtype = data.info, amp_dtype(config, device)
     model = build_model(config, info).to(device)
+    if device.type == "cpu":
+        check_cpu_step_fits(model, config, info, int(os.environ.get("LOCAL_WORLD_SIZE", "1")), dtype)
     lr = effective_lr(config, runtime.world_size)
     criterion, optimizer, scaler, ema = make_step_parts(model, t, lr, device, dtype)
     steps_per_epoch = len(data.train)

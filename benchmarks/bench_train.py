@@ -18,7 +18,9 @@ as vision_mamba.TRITON_CAUSAL_CONV (the SSM's causal conv1d as depthwise_conv_tr
 Reported per configuration: img/s over the timed steps, step time, the part of it spent producing
 batches (timed separately over the same number of batches), model FLOP utilisation (FLOPs of a
 step as torch.utils.flop_counter counts them, over step time, against --peak_tflops), peak GPU
-memory and compile time (the first step). Prints a table and appends JSON rows to --json.
+memory (on a CPU the process's peak resident memory so far, beside the training script's estimate
+of a step, which refuses CPU runs that would not fit) and compile time (the first step). Prints a
+table and appends JSON rows to --json.
 """
 import argparse
 import collections
@@ -39,7 +41,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data_pipeline  # noqa: E402
 from config import COMPILE_MODES, ConfigError, apply_overrides, get_preset  # noqa: E402
 from train_vision_mamba import (UsageError, amp_dtype, build_model, check_backend_env, compile_model,  # noqa: E402
-                                configure_cuda_math, cudagraphs_enabled, make_step_parts, resolve_compile_mode, set_overrides, train_step)
+                                configure_cuda_math, cpu_step_memory, cudagraphs_enabled, make_step_parts, resolve_compile_mode,
+                                set_overrides, train_step)
 import vision_mamba  # noqa: E402
 from vision_mamba import BLOCK_TYPES, MODEL_SIZES, SSM_CONVS, STEMS, count_parameters  # noqa: E402
 
@@ -148,7 +151,11 @@ def bench(args, device, size, block_type, batch_size):
         images.to(device, non_blocking=True)
     synchronize(device)
     data_s = (time.perf_counter() - start) / args.steps
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    if device.type == "cuda":
+        peak, estimate = torch.cuda.max_memory_allocated(device) / 2**20, None
+    else:  # the training script's estimate beside what the process reached (its high-water mark, so rows are cumulative)
+        per_image, fixed = cpu_step_memory(model, (data.info.in_chans, data.info.img_size, data.info.img_size), dtype)
+        peak, estimate = peak_rss_mib(), round((per_image * batch_size + fixed) / 2**20)
     return {"kind": "train_e2e", "config": args.config, "size": size, "block_type": block_type, "batch_size": batch_size,
             "params_m": round(count_parameters(model) / 1e6, 2), "img_per_s": round(batch_size / step_s, 1),
             "step_ms": round(step_s * 1e3, 2), "data_ms": round(data_s * 1e3, 3),
@@ -160,9 +167,24 @@ def bench(args, device, size, block_type, batch_size):
             "ema": ema is not None, "mixing": mixing, "stem": config.model.stem, "stem_width": config.model.stem_width,
             "mlp_conv": config.model.mlp_conv, "ssm_conv": config.model.ssm_conv, "conv_backend": vision_mamba.CONV_BACKEND,
             "triton_causal_conv": vision_mamba.TRITON_CAUSAL_CONV,
-            "peak_mem_mib": peak, "resident": data.resident, "torch": torch.__version__,
+            "peak_mem_mib": peak, "cpu_step_estimate_mib": estimate, "resident": data.resident, "torch": torch.__version__,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "date": time.strftime("%Y-%m-%d")}
+
+
+def cpu_peak(row):
+    rss = "n/a" if row["peak_mem_mib"] is None else f"{row['peak_mem_mib'] / 1024:.1f} GiB"
+    return f"RSS {rss} (the training script's estimate: {row['cpu_step_estimate_mib'] / 1024:.1f} GiB)"
+
+
+def peak_rss_mib():
+    """This process's peak resident memory so far in MiB (None where the OS does not say: Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
 
 PROFILED_STEPS = 3
@@ -278,7 +300,7 @@ def main():
                 rows.append(row)
                 print(f"{size:<6} {block_type:<10} batch {batch_size:<5} {row['img_per_s']:10.1f} img/s  step {row['step_ms']:8.2f} ms  "
                       f"data {row['data_ms']:7.3f} ms ({row['data_fraction']:.1%})  MFU {row['mfu']:.1%}  compile {row['compile_s']:.1f}s  "
-                      f"peak {peak_memory(row['peak_mem_mib'])}", flush=True)
+                      f"peak {cpu_peak(row) if row['cpu_step_estimate_mib'] is not None else peak_memory(row['peak_mem_mib'])}", flush=True)
                 if args.json:
                     with open(args.json, "a") as f:
                         f.write(json.dumps(row) + "\n")

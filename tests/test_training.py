@@ -6,7 +6,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import train_vision_mamba
-from config import apply_overrides, load_config
+from config import ConfigError, apply_overrides, load_config
 from data_pipeline import DATASET_INFO
 from helpers import assert_one_line_error, assert_png, final_weights, read_log, run_main, run_script, train_args
 from vision_mamba import VisionMamba, create_model
@@ -424,6 +424,45 @@ def test_running_out_of_device_memory_is_one_line_that_names_the_batch_size(tmp_
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "Traceback" not in err[0]
     assert "out of CPU memory at data.batch_size 16 per process" in err[0] and "--batch_size 8 --lr 0.002" in err[0]
+
+
+def test_saved_activation_bytes_count_what_autograd_keeps_per_image_and_leave_the_model_as_it_was():
+    torch.manual_seed(0)
+    # Linear keeps its input (10 floats an image) and its weight (the same at any batch), ReLU its output (20)
+    linear_relu = torch.nn.Sequential(torch.nn.Linear(10, 20), torch.nn.ReLU())
+    assert train_vision_mamba.saved_activation_bytes_per_image(linear_relu, (10,)) == 120
+    assert train_vision_mamba.saved_activation_bytes_per_image(linear_relu, (10,), torch.bfloat16) == 60  # as autocast trains
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Dropout(0.5))
+    statistics = [buffer.clone() for buffer in model.buffers()]
+    rng = torch.random.get_rng_state()
+    assert train_vision_mamba.saved_activation_bytes_per_image(model, (4,)) > 0
+    assert all(torch.equal(before, after) for before, after in zip(statistics, model.buffers()))
+    assert torch.equal(rng, torch.random.get_rng_state())  # dropout in the probe did not move the training's random stream
+
+
+def test_a_cpu_step_that_cannot_fit_in_memory_is_refused_with_a_batch_size_that_fits(tmp_path, monkeypatch, capsys):
+    config = apply_overrides(load_config("digits"), {"data.batch_size": 256})
+    info = DATASET_INFO["digits"]
+    model = train_vision_mamba.build_model(config, info)
+    per_image, fixed = train_vision_mamba.cpu_step_memory(model, (1, 8, 8))
+    assert per_image == train_vision_mamba.CPU_STEP_MEMORY_FACTOR * train_vision_mamba.saved_activation_bytes_per_image(model, (1, 8, 8))
+    assert fixed == 5 * 4 * sum(p.numel() for p in model.parameters())  # fp32 weights, gradients, 2 AdamW moments, EMA
+    monkeypatch.setattr(train_vision_mamba, "available_memory_bytes", lambda: fixed + 100 * per_image)  # 100 images fit
+    with pytest.raises(ConfigError, match=r"batch_size 256 needs about .* GiB of memory on this CPU.*--batch_size 64 --lr 0.00125") as refused:
+        train_vision_mamba.check_cpu_step_fits(model, config, info, processes_on_host=1)
+    assert "processes" not in str(refused.value)
+    train_vision_mamba.check_cpu_step_fits(model, apply_overrides(config, {"data.batch_size": 64}), info, 1)  # the advice fits
+    with pytest.raises(ConfigError, match=r"\(2 processes\).*--batch_size 32 "):  # torchrun: each process needs its own
+        train_vision_mamba.check_cpu_step_fits(model, apply_overrides(config, {"data.batch_size": 64}), info, 2)
+
+    monkeypatch.setattr(train_vision_mamba, "available_memory_bytes", lambda: 1)
+    result = run_main(train_vision_mamba.main, train_args(tmp_path / "run", epochs=1), capsys)
+    assert_one_line_error(result, "of memory on this CPU", "use a smaller model.model_size, or train on a GPU")
+    assert not (tmp_path / "run").exists()  # refused before any folder was made
+
+
+def test_available_memory_is_read_from_the_os():
+    assert 0 < train_vision_mamba.available_memory_bytes() < 2**50
 
 
 def test_ema_follows_its_warmup_formula_and_copies_integer_buffers():
