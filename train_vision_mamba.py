@@ -579,13 +579,13 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
     data_load_s = time.time() - started
     info, dtype = data.info, amp_dtype(config, device)
     model = build_model(config, info).to(device)
-    if device.type == "cpu":
-        check_cpu_step_fits(model, config, info, int(os.environ.get("LOCAL_WORLD_SIZE", "1")), dtype)
     lr = effective_lr(config, runtime.world_size)
     criterion, optimizer, scaler, ema = make_step_parts(model, t, lr, device, dtype)
     steps_per_epoch = len(data.train)
     if steps_per_epoch == 0:
         raise ConfigError(f"data.batch_size {config.data.batch_size} is larger than the training split; lower it")
+    if device.type == "cpu":
+        check_cpu_step_fits(model, config, info, int(os.environ.get("LOCAL_WORLD_SIZE", "1")), dtype)
     scheduler, plateau, warmup_steps = make_schedulers(optimizer, t, steps_per_epoch)
     stopper = EarlyStopping(t.early_stopping_patience, t.early_stopping_min_delta, "max" if t.monitor == "val_acc" else "min")
     compile_mode = resolve_compile_mode(t.compile, device)
