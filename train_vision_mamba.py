@@ -246,9 +246,11 @@ def available_memory_bytes():
     return None
 
 
-def cpu_step_memory(model, image_shape, dtype=None):
-    """Estimated memory of a CPU training step as (bytes per image of the batch, bytes at any batch size)."""
-    per_image = CPU_STEP_MEMORY_FACTOR * saved_activation_bytes_per_image(model, image_shape, dtype)
+def cpu_step_memory(model, info, dtype=None):
+    """Estimated memory of a CPU training step on the images of info (a DatasetInfo) as (bytes per image of the
+    batch, bytes at any batch size)."""
+    per_image = CPU_STEP_MEMORY_FACTOR * saved_activation_bytes_per_image(model, (info.in_chans, info.img_size, info.img_size),
+                                                                          dtype)
     fixed = 5 * sum(p.numel() * p.element_size() for p in model.parameters())  # weights, gradients, AdamW's 2 moments, EMA
     return per_image, fixed
 
@@ -259,7 +261,7 @@ def check_cpu_step_fits(model, config, info, processes_on_host, dtype=None):
     if available is None:
         return
     batch = config.data.batch_size
-    per_image, fixed = cpu_step_memory(model, (info.in_chans, info.img_size, info.img_size), dtype)
+    per_image, fixed = cpu_step_memory(model, info, dtype)
     needed = processes_on_host * (per_image * batch + fixed)
     if needed <= available:
         return

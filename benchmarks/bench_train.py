@@ -154,7 +154,7 @@ def bench(args, device, size, block_type, batch_size):
     if device.type == "cuda":
         peak, estimate = torch.cuda.max_memory_allocated(device) / 2**20, None
     else:  # the training script's estimate beside what the process reached (its high-water mark, so rows are cumulative)
-        per_image, fixed = cpu_step_memory(model, (data.info.in_chans, data.info.img_size, data.info.img_size), dtype)
+        per_image, fixed = cpu_step_memory(model, data.info, dtype)
         peak, estimate = peak_rss_mib(), round((per_image * batch_size + fixed) / 2**20)
     return {"kind": "train_e2e", "config": args.config, "size": size, "block_type": block_type, "batch_size": batch_size,
             "params_m": round(count_parameters(model) / 1e6, 2), "img_per_s": round(batch_size / step_s, 1),

@@ -444,7 +444,7 @@ def test_a_cpu_step_that_cannot_fit_in_memory_is_refused_with_a_batch_size_that_
     config = apply_overrides(load_config("digits"), {"data.batch_size": 256})
     info = DATASET_INFO["digits"]
     model = train_vision_mamba.build_model(config, info)
-    per_image, fixed = train_vision_mamba.cpu_step_memory(model, (1, 8, 8))
+    per_image, fixed = train_vision_mamba.cpu_step_memory(model, info)
     assert per_image == train_vision_mamba.CPU_STEP_MEMORY_FACTOR * train_vision_mamba.saved_activation_bytes_per_image(model, (1, 8, 8))
     assert fixed == 5 * 4 * sum(p.numel() for p in model.parameters())  # fp32 weights, gradients, 2 AdamW moments, EMA
     monkeypatch.setattr(train_vision_mamba, "available_memory_bytes", lambda: fixed + 100 * per_image)  # 100 images fit
