@@ -292,17 +292,46 @@ def make_step_parts(model, t, lr, device, dtype):
     return criterion, optimizer, scaler, ema
 
 
-def train_step(train_model, model, images, targets, criterion, optimizer, scaler, ema, dtype, grad_clip,
-               cudagraphs=False):
-    """One optimisation step as training runs it (benchmarks/bench_train.py times this same function):
-    forward under autocast, backward, clip, optimizer step, EMA update. Returns (logits, loss) on
-    the device; nothing here waits for the GPU."""
-    if cudagraphs:  # a replay reuses its outputs' memory: tell the graphs the last step's outputs are done with
+def forward_backward(train_model, images, targets, criterion, scaler, dtype, cudagraphs):
+    """Forward under autocast and backward: the weights' .grad holds this batch's (scaled) gradient."""
+    if cudagraphs:  # a replay reuses its outputs' memory: tell the graphs the last pass's outputs are done with
         torch.compiler.cudagraph_mark_step_begin()
     with torch.autocast(images.device.type, dtype=dtype, enabled=dtype is not None):
         logits = train_model(images)
     loss = criterion(logits.float(), targets)
     scaler.scale(loss).backward()
+    return logits, loss
+
+
+@torch.no_grad()
+def sharpness_ascent(grads, rho):
+    """SAM's move of the weights: rho along the gradient's direction, where the loss rises fastest
+    (Foret et al. 2021). Scaled fp16 gradients point the same way; an overflowed one moves nothing,
+    and the loss scaler then skips the step."""
+    norm = torch.nn.utils.get_total_norm(grads)
+    scale = torch.where(torch.isfinite(norm), rho / (norm + 1e-12), 0.0)
+    # inf * 0 is NaN, and a NaN move would stay in the weights after the move back
+    return [g.mul(scale).nan_to_num_(0.0, 0.0, 0.0) for g in grads]
+
+
+def train_step(train_model, model, images, targets, criterion, optimizer, scaler, ema, dtype, grad_clip,
+               cudagraphs=False, sam_rho=0.0):
+    """One optimisation step as training runs it (benchmarks/bench_train.py times this same function):
+    forward under autocast, backward, clip, optimizer step, EMA update. With sam_rho > 0 a
+    Sharpness-Aware Minimization step: the gradient is taken again at the weights moved sam_rho uphill,
+    and applied to the weights as they were. Returns the first pass's (logits, loss) on the device;
+    nothing here waits for the GPU."""
+    logits, loss = forward_backward(train_model, images, targets, criterion, scaler, dtype, cudagraphs)
+    if sam_rho > 0:
+        logits = logits.detach().clone()  # the second pass's replay would overwrite them
+        params = [p for p in model.parameters() if p.grad is not None]
+        uphill = sharpness_ascent([p.grad for p in params], sam_rho)
+        with torch.no_grad():
+            torch._foreach_add_(params, uphill)
+        optimizer.zero_grad(set_to_none=True)
+        forward_backward(train_model, images, targets, criterion, scaler, dtype, cudagraphs)
+        with torch.no_grad():
+            torch._foreach_sub_(params, uphill)
     if grad_clip > 0:
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -687,6 +716,7 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
             data.train.set_epoch(epoch)
             train_model.train()
             mixing = (config.data.mixup_alpha > 0 or config.data.cutmix_alpha > 0) and epoch < t.epochs - config.data.mix_off_epochs
+            sam_rho = t.sam_rho if epoch >= t.epochs - t.sam_epochs else 0.0
             zero = torch.zeros((), dtype=torch.float64, device=device)
             sums = {k: (partial[k].to(device) if partial else zero.clone()) for k in ("loss", "correct", "seen")}
             bad_step = torch.full((), -1, dtype=torch.int64, device=device)
@@ -702,7 +732,7 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
                     images, targets = mix_batch(images, labels, info.num_classes, config.data.mixup_alpha,
                                                 config.data.cutmix_alpha, t.seed + runtime.rank, epoch, step)
                 logits, loss = train_step(train_model, model, images, targets, criterion, optimizer, scaler, ema, dtype,
-                                          t.grad_clip, cudagraphs)
+                                          t.grad_clip, cudagraphs, sam_rho)
                 if plateau is None or global_step < warmup_steps:
                     scheduler.step()
                 global_step += 1

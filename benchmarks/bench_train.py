@@ -98,7 +98,8 @@ def bench(args, device, size, block_type, batch_size):
         if mixing:
             images, targets = data_pipeline.mix_batch(images, labels, data.info.num_classes, cfg.mixup_alpha, cfg.cutmix_alpha,
                                         t.seed, 0, next(step_index))
-        train_step(net, model, images, targets, criterion, optimizer, scaler, ema, dtype, t.grad_clip, cudagraphs)
+        train_step(net, model, images, targets, criterion, optimizer, scaler, ema, dtype, t.grad_clip, cudagraphs,
+                   t.sam_rho if t.sam_epochs else 0.0)  # --set training.sam_epochs=1 times SAM's step
 
     batches = endless_batches(data.train)
     if device.type == "cuda":

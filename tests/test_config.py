@@ -52,6 +52,8 @@ def test_partial_json_files_start_from_the_defaults(tmp_path):
     ({"data": {"val_fraction": 1.5}}, ["data.val_fraction"]),
     ({"training": {"tta_shift": 5}}, ["training.tta_shift", "0 (off) to 4"]),
     ({"training": {"cudagraphs": "yes"}}, ["training.cudagraphs", "expected bool"]),
+    ({"training": {"sam_epochs": -1}}, ["training.sam_epochs must be >= 0"]),
+    ({"training": {"sam_rho": 0}}, ["training.sam_rho must be > 0", "training.sam_epochs=0"]),
     ({"model": {"embed_dim": 30, "num_heads": 4}}, ["divisible"]),
     ({"logging": {"experiment_name": "a/b"}}, ["experiment_name"]),
     ({"training": {"betas": [0.9]}}, ["training.betas"]),

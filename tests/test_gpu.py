@@ -176,12 +176,14 @@ def test_compiled_conv_backends_equal_eager_on_cuda(backend, monkeypatch):
         assert rel_err(p.grad, eager_grads[name]) < 1e-3, name
 
 
-@pytest.mark.parametrize("ddp,dtype", [(False, None), (True, None), (False, torch.bfloat16)])
-def test_training_through_cuda_graphs_follows_eager_training(ddp, dtype, tmp_path, monkeypatch):
+@pytest.mark.parametrize("ddp,dtype,sam_rho", [(False, None, 0.0), (True, None, 0.0), (False, torch.bfloat16, 0.0),
+                                               (False, torch.bfloat16, 0.05), (True, None, 0.05)])
+def test_training_through_cuda_graphs_follows_eager_training(ddp, dtype, sam_rho, tmp_path, monkeypatch):
     # training.cudagraphs: the compiled graphs recorded once and replayed (their outputs' memory reused
     # every step) must train as the eager model does, replays included; under DDP (one NCCL rank here:
     # torchrun's two are run on the device) the all-reduce hooks fire between the backward's replays;
-    # under bf16 attention's backward is SDPA's fused kernel, called from inside the recorded graph
+    # under bf16 attention's backward is SDPA's fused kernel, called from inside the recorded graph;
+    # a SAM step replays the forward and backward twice before the optimizer's step
     import torch.distributed as dist
     import vision_mamba as vm
     from config import get_preset
@@ -204,7 +206,7 @@ def test_training_through_cuda_graphs_follows_eager_training(ddp, dtype, tmp_pat
             for _ in range(6):  # the first calls record, the later ones replay
                 images, labels = torch.randn(32, 3, 32, 32, device="cuda"), torch.randint(0, 10, (32,), device="cuda")
                 _, loss = train_step(net, model, images, labels, criterion, optimizer, scaler, ema, dtype, t.grad_clip,
-                                     cudagraphs)
+                                     cudagraphs, sam_rho)
                 losses[cudagraphs].append(loss.item())
             torch._dynamo.reset()
     finally:

@@ -1,3 +1,4 @@
+import copy
 import os
 import shutil
 
@@ -492,6 +493,69 @@ def test_ema_follows_its_warmup_formula_and_copies_integer_buffers():
     assert int(ema.n_averaged) == int(twin.n_averaged) == 20 and ema.n_averaged.device.type == "cpu"
     for ours, torchs in zip(ema.state_dict().values(), twin.state_dict().values()):
         torch.testing.assert_close(ours, torchs, rtol=0, atol=0)
+
+
+def test_sam_step_applies_the_gradient_taken_uphill_to_the_weights_as_they_were():
+    # SAM by hand on a twin: the gradient g at w, the loss's gradient at w + rho g / |g|, and AdamW's
+    # step with that one from w; train_step must land on the same weights and report the loss at w
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    twin = copy.deepcopy(model)
+    for net in (model, twin):  # make_step_parts asks the model for its weight-decay groups
+        net.param_groups = lambda weight_decay, net=net: [{"params": list(net.parameters()), "weight_decay": weight_decay}]
+    t = load_config("digits").training
+    images, labels = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    rho = 0.3
+    criterion, optimizer, scaler, _ = train_vision_mamba.make_step_parts(model, t, t.lr, torch.device("cpu"), None)
+    _, twin_optimizer, _, _ = train_vision_mamba.make_step_parts(twin, t, t.lr, torch.device("cpu"), None)
+    for _ in range(3):
+        logits, loss = train_vision_mamba.train_step(model, model, images, labels, criterion, optimizer, scaler, None,
+                                                     None, 0.0, sam_rho=rho)
+        weights = [p.detach().clone() for p in twin.parameters()]
+        start_logits = twin(images)
+        start_loss = criterion(start_logits, labels)
+        grads = torch.autograd.grad(start_loss, list(twin.parameters()))
+        norm = torch.sqrt(sum(g.square().sum() for g in grads))
+        uphill = [(w + rho * g / norm).requires_grad_() for w, g in zip(weights, grads)]
+        moved = torch.func.functional_call(twin, dict(zip([n for n, _ in twin.named_parameters()], uphill)), (images,))
+        sharp_grads = torch.autograd.grad(criterion(moved, labels), uphill)
+        for p, g in zip(twin.parameters(), sharp_grads):
+            p.grad = g
+        twin_optimizer.step()
+        twin_optimizer.zero_grad(set_to_none=True)
+        torch.testing.assert_close(loss, start_loss.detach())
+        torch.testing.assert_close(logits, start_logits.detach())  # the first pass's, not the moved weights'
+        for ours, want in zip(model.parameters(), twin.parameters()):
+            torch.testing.assert_close(ours, want)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_sam_ascent_moves_rho_along_the_gradient_and_nothing_when_it_overflowed():
+    grads = [torch.tensor([3.0, 0.0]), torch.tensor([[4.0]])]
+    moved = train_vision_mamba.sharpness_ascent(grads, 0.5)
+    torch.testing.assert_close(moved[0], torch.tensor([0.3, 0.0]))
+    torch.testing.assert_close(moved[1], torch.tensor([[0.4]]))
+    overflowed = train_vision_mamba.sharpness_ascent([torch.tensor([float("inf"), 1.0]), torch.tensor([2.0])], 0.5)
+    assert all(torch.equal(m, torch.zeros_like(m)) for m in overflowed)
+
+
+def test_sam_runs_for_the_last_sam_epochs_and_marks_both_passes_for_cuda_graphs(tmp_path, monkeypatch):
+    rhos, step = [], train_vision_mamba.train_step
+    monkeypatch.setattr(train_vision_mamba, "train_step",
+                        lambda *args: rhos.append(args[-1]) or step(*args))
+    assert train_vision_mamba.main(train_args(tmp_path, "--set", "training.sam_epochs=2", "--set", "training.sam_rho=0.1",
+                                              epochs=3)) == 0
+    per_epoch = len(rhos) // 3
+    assert rhos == [0.0] * per_epoch + [0.1] * (2 * per_epoch)
+    assert read_log(tmp_path)["config"]["training"]["sam_epochs"] == 2
+    marks = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(True))
+    model = create_model("tiny", depth=2, embed_dim=32, num_heads=2)
+    t = load_config("digits").training
+    criterion, optimizer, scaler, ema = train_vision_mamba.make_step_parts(model, t, t.lr, torch.device("cpu"), None)
+    images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    step(model, model, images, labels, criterion, optimizer, scaler, ema, None, 1.0, True, 0.05)
+    assert len(marks) == 2
 
 
 def test_tta_views_are_the_image_moved_by_the_shift_and_mirrored():
