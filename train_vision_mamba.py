@@ -270,10 +270,15 @@ def check_cpu_step_fits(model, config, info, processes_on_host, dtype=None):
         fix = "use a smaller model.model_size, or train on a GPU"
     else:
         smaller = 2 ** int(math.log2(largest))
-        fix = f"lower it, e.g. --batch_size {smaller} --lr {config.training.lr * smaller / batch:g} (lr in proportion), or train on a GPU"
+        fix = f"lower it, e.g. {smaller_batch_hint(batch, config.training.lr, smaller)}, or train on a GPU"
     raise ConfigError(f"a training step at data.batch_size {batch} needs about {needed / 2**30:.3g} GiB of memory on this CPU"
                       f"{f' ({processes_on_host} processes)' if processes_on_host > 1 else ''}, and "
                       f"{available / 2**30:.3g} GiB is available; {fix}")
+
+
+def smaller_batch_hint(batch, lr, smaller):
+    """The flags for a smaller batch, with the lr scaled by the same factor (the linear scaling rule)."""
+    return f"--batch_size {smaller} --lr {lr * smaller / batch:g} (lr in proportion)"
 
 
 def effective_lr(config, world_size):
@@ -1072,7 +1077,7 @@ def main(argv=None):
     except torch.OutOfMemoryError:
         batch, lr = config.data.batch_size, config.training.lr
         print(f"error: out of {runtime.device.type.upper()} memory at data.batch_size {batch} per process; lower it, "
-              f"e.g. --batch_size {max(batch // 2, 1)} --lr {lr / 2:g} (lr in proportion), or use a smaller model_size; "
+              f"e.g. {smaller_batch_hint(batch, lr, max(batch // 2, 1))}, or use a smaller model_size; "
               f"checkpoints already saved are intact", file=sys.stderr)
         return 2
     except TrainingDiverged as e:

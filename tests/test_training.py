@@ -425,6 +425,10 @@ def test_running_out_of_device_memory_is_one_line_that_names_the_batch_size(tmp_
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "Traceback" not in err[0]
     assert "out of CPU memory at data.batch_size 16 per process" in err[0] and "--batch_size 8 --lr 0.002" in err[0]
+    # an odd batch: 7 of 15 images, so 7/15 of the lr (not half of it)
+    code = train_vision_mamba.main(train_args(tmp_path / "odd", "--batch_size", "15", "--lr", "0.003", epochs=1))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "--batch_size 7 --lr 0.0014 (lr in proportion)" in err[0]
 
 
 def test_saved_activation_bytes_count_what_autograd_keeps_per_image_and_leave_the_model_as_it_was():
