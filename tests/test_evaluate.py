@@ -168,3 +168,26 @@ def test_unknown_backend_setting_exits_2_before_reading_anything(checkpoint, tmp
     result = run_main(evaluate_model.main, ["--checkpoint", str(checkpoint), "--output_dir", str(tmp_path / "ev")], capsys)
     assert_one_line_error(result, "VISION_MAMBA_CONV='cudnn'", "triton, aten, shifts")
     assert not (tmp_path / "ev").exists()
+
+
+def test_figures_are_saved_as_opaque_rgb_with_matplotlibs_pixels(tmp_path):
+    import io
+
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from PIL import Image
+
+    from reporting import save_figure
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.plot([0, 1, 2], [2, 0, 1], label="loss")
+    ax.legend()
+    rendered = io.BytesIO()
+    fig.savefig(rendered, format="png", dpi=110, bbox_inches="tight", facecolor="white")
+    matplotlibs = np.asarray(Image.open(rendered))
+    save_figure(fig, tmp_path / "figure.png")
+    with Image.open(tmp_path / "figure.png") as saved:
+        assert saved.mode == "RGB"
+        ours = np.asarray(saved)
+    assert (matplotlibs[..., 3] == 255).all()  # so dropping alpha loses nothing
+    assert np.array_equal(ours, matplotlibs[..., :3])
+    assert not plt.get_fignums()  # closed
