@@ -70,6 +70,7 @@ class DataConfig:
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     mix_off_epochs: int = 0  # switch MixUp/CutMix off for the last N epochs
+    mix_prob: float = 1.0  # the share of batches MixUp/CutMix mixes (timm's mixup_prob); the rest keep their labels
 
 
 @dataclass
@@ -363,6 +364,8 @@ def validate(config):
     _require(0 <= d.random_erasing <= 1, f"data.random_erasing must be a probability in [0, 1], got {d.random_erasing}")
     _require(d.mixup_alpha >= 0 and d.cutmix_alpha >= 0, "data.mixup_alpha and data.cutmix_alpha must be >= 0")
     _require(d.mix_off_epochs >= 0, f"data.mix_off_epochs must be >= 0, got {d.mix_off_epochs}")
+    _require(0 < d.mix_prob <= 1, f"data.mix_prob must be in (0, 1], got {d.mix_prob} "
+                                  "(to train without mixing, set data.mixup_alpha=0 and data.cutmix_alpha=0)")
 
     _require(t.epochs >= 1, f"training.epochs must be >= 1, got {t.epochs}")
     _require(0 <= t.tta_shift <= MAX_TTA_SHIFT,

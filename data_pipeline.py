@@ -220,8 +220,10 @@ def random_erase(images, prob, gen):
     return images.masked_fill((inside & erase[:, None, None])[:, None], 0.0)
 
 
-def mix_batch(images, labels, num_classes, mixup_alpha, cutmix_alpha, seed, epoch, index):
+def mix_batch(images, labels, num_classes, mixup_alpha, cutmix_alpha, seed, epoch, index, prob=1.0):
     """MixUp or CutMix (torchvision.transforms.v2), chosen at random per batch; soft labels (B, K).
+    With prob < 1 a batch is mixed with that probability (timm's mixup_prob), and otherwise keeps its
+    images, its labels one-hot: the same shapes and dtypes, so a recorded CUDA graph serves both.
 
     v2's samplers use the global CPU generator, so it is forked and seeded per batch.
     """
@@ -232,6 +234,9 @@ def mix_batch(images, labels, num_classes, mixup_alpha, cutmix_alpha, seed, epoc
         choices.append(v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes))
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed((seed * 7_919 + epoch * 104_729 + index) % (2**63))
+        # no draw at prob 1, so the mixing of runs before mix_prob existed is drawn as it was
+        if prob < 1 and torch.rand(()).item() >= prob:
+            return images, F.one_hot(labels, num_classes).float()  # float32, as v2's MixUp/CutMix give
         return v2.RandomChoice(choices)(images, labels)
 
 

@@ -735,7 +735,8 @@ def train(config, paths, runtime, resume_state=None, console=print, overwrite=Fa
                 targets = labels
                 if mixing:
                     images, targets = mix_batch(images, labels, info.num_classes, config.data.mixup_alpha,
-                                                config.data.cutmix_alpha, t.seed + runtime.rank, epoch, step)
+                                                config.data.cutmix_alpha, t.seed + runtime.rank, epoch, step,
+                                                config.data.mix_prob)
                 logits, loss = train_step(train_model, model, images, targets, criterion, optimizer, scaler, ema, dtype,
                                           t.grad_clip, cudagraphs, sam_rho)
                 if plateau is None or global_step < warmup_steps:

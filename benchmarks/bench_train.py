@@ -97,7 +97,7 @@ def bench(args, device, size, block_type, batch_size):
         targets = labels
         if mixing:
             images, targets = data_pipeline.mix_batch(images, labels, data.info.num_classes, cfg.mixup_alpha, cfg.cutmix_alpha,
-                                        t.seed, 0, next(step_index))
+                                        t.seed, 0, next(step_index), cfg.mix_prob)
         train_step(net, model, images, targets, criterion, optimizer, scaler, ema, dtype, t.grad_clip, cudagraphs,
                    t.sam_rho if t.sam_epochs else 0.0)  # --set training.sam_epochs=1 times SAM's step
 

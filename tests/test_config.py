@@ -54,6 +54,8 @@ def test_partial_json_files_start_from_the_defaults(tmp_path):
     ({"training": {"cudagraphs": "yes"}}, ["training.cudagraphs", "expected bool"]),
     ({"training": {"sam_epochs": -1}}, ["training.sam_epochs must be >= 0"]),
     ({"training": {"sam_rho": 0}}, ["training.sam_rho must be > 0", "training.sam_epochs=0"]),
+    ({"data": {"mix_prob": 0}}, ["data.mix_prob must be in (0, 1]", "data.mixup_alpha=0"]),
+    ({"data": {"mix_prob": 1.5}}, ["data.mix_prob must be in (0, 1]"]),
     ({"model": {"embed_dim": 30, "num_heads": 4}}, ["divisible"]),
     ({"logging": {"experiment_name": "a/b"}}, ["experiment_name"]),
     ({"training": {"betas": [0.9]}}, ["training.betas"]),

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torchvision import datasets
 
@@ -18,7 +19,7 @@ import evaluate_model
 import train_vision_mamba
 from config import apply_overrides, get_preset
 from data_pipeline import (ArraySplit, DataError, EpochDataLoader, ResidentLoader, _ArrayDataset, _Transformed,
-                           create_data_loaders, make_transform, random_crop_flip, random_erase, resize_split,
+                           create_data_loaders, make_transform, mix_batch, random_crop_flip, random_erase, resize_split,
                            stratified_split)
 from helpers import SMALL, assert_png, read_log
 
@@ -296,6 +297,38 @@ def test_random_erasing_area_matches_torchvision_ranges():
     fraction = (out[:, 0] == 0).float().mean((1, 2))
     assert fraction.min() >= 0.015 and fraction.max() <= 0.36
     assert torch.equal(random_erase(images, 0.0, torch.Generator()), images)
+
+
+def test_mixing_is_seeded_per_batch_and_mixes_each_image_with_its_neighbour():
+    images, labels = torch.rand(16, 1, 8, 8), torch.arange(16) % 7  # every label differs from its neighbour's
+    state = torch.get_rng_state()
+    images_out, targets = mix_batch(images, labels, 7, 0.8, 1.0, seed=3, epoch=2, index=7)
+    assert torch.equal(torch.get_rng_state(), state)  # the global generator is left as it was
+    again = mix_batch(images, labels, 7, 0.8, 1.0, seed=3, epoch=2, index=7)
+    assert torch.equal(again[0], images_out) and torch.equal(again[1], targets)
+    assert not torch.equal(mix_batch(images, labels, 7, 0.8, 1.0, seed=3, epoch=2, index=8)[1], targets)
+    # v2's MixUp and CutMix pair each image with the one before it in the batch, with one weight for the batch
+    assert targets.shape == (16, 7) and targets.dtype == torch.float32
+    lam = targets[0, labels[0]]
+    own, other = F.one_hot(labels, 7).float(), F.one_hot(labels.roll(1), 7).float()
+    assert 0 < lam < 1 and torch.allclose(targets, lam * own + (1 - lam) * other, atol=1e-6)
+    neighbour = images.roll(1, 0)
+    blended = torch.isclose(images_out, lam * images + (1 - lam) * neighbour, atol=1e-6)  # MixUp
+    pasted = torch.isclose(images_out, images) | torch.isclose(images_out, neighbour)  # CutMix
+    assert bool((blended | pasted).all()) and not torch.equal(images_out, images)
+
+
+def test_mix_prob_leaves_the_other_batches_with_their_images_and_one_hot_labels():
+    images, labels = torch.rand(8, 1, 6, 6), torch.arange(8) % 4
+    mixed = 0
+    for index in range(400):
+        images_out, targets = mix_batch(images, labels, 4, 0.8, 1.0, seed=0, epoch=0, index=index, prob=0.3)
+        assert targets.shape == (8, 4) and targets.dtype == torch.float32  # one graph shape for both kinds of batch
+        if torch.equal(images_out, images):
+            assert torch.equal(targets, F.one_hot(labels, 4).float())
+        else:
+            mixed += 1
+    assert 0.24 < mixed / 400 < 0.36  # 0.3 +- 2.6 standard deviations of the binomial
 
 
 @pytest.mark.parametrize("img_size", [8, 12, 6])

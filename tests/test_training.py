@@ -562,6 +562,21 @@ def test_sam_runs_for_the_last_sam_epochs_and_marks_both_passes_for_cuda_graphs(
     assert len(marks) == 2
 
 
+def test_mixing_runs_until_the_last_mix_off_epochs_with_mix_prob(tmp_path, monkeypatch):
+    calls, mix = [], train_vision_mamba.mix_batch
+    monkeypatch.setattr(train_vision_mamba, "mix_batch",
+                        lambda *args: calls.append((args[6], args[8])) or mix(*args))  # (epoch, prob)
+    steps = []
+    step = train_vision_mamba.train_step
+    monkeypatch.setattr(train_vision_mamba, "train_step", lambda *args: steps.append(args[3].dim()) or step(*args))
+    assert train_vision_mamba.main(train_args(tmp_path, "--set", "data.mixup_alpha=0.8", "--set", "data.cutmix_alpha=1.0",
+                                              "--set", "data.mix_off_epochs=1", "--set", "data.mix_prob=0.5", epochs=3)) == 0
+    per_epoch = len(steps) // 3
+    assert calls == [(epoch, 0.5) for epoch in (0, 1) for _ in range(per_epoch)]
+    assert steps == [2] * (2 * per_epoch) + [1] * per_epoch  # soft (B, K) targets while mixing, then class indices
+    assert read_log(tmp_path)["config"]["data"]["mix_prob"] == 0.5
+
+
 def test_tta_views_are_the_image_moved_by_the_shift_and_mirrored():
     images = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).reshape(2, 3, 6, 6)
     plain, moved_plus, moved_minus, *mirrored = train_vision_mamba.tta_views(images, mirror=True, shift=2)
