@@ -176,17 +176,20 @@ def test_compiled_conv_backends_equal_eager_on_cuda(backend, monkeypatch):
         assert rel_err(p.grad, eager_grads[name]) < 1e-3, name
 
 
-@pytest.mark.parametrize("ddp,dtype,sam_rho", [(False, None, 0.0), (True, None, 0.0), (False, torch.bfloat16, 0.0),
-                                               (False, torch.bfloat16, 0.05), (True, None, 0.05)])
-def test_training_through_cuda_graphs_follows_eager_training(ddp, dtype, sam_rho, tmp_path, monkeypatch):
+@pytest.mark.parametrize("ddp,dtype,sam_rho,mix_prob", [(False, None, 0.0, 0.0), (True, None, 0.0, 0.0),
+                                                        (False, torch.bfloat16, 0.0, 0.0), (False, torch.bfloat16, 0.05, 0.0),
+                                                        (True, None, 0.05, 0.0), (False, torch.bfloat16, 0.0, 0.5)])
+def test_training_through_cuda_graphs_follows_eager_training(ddp, dtype, sam_rho, mix_prob, tmp_path, monkeypatch):
     # training.cudagraphs: the compiled graphs recorded once and replayed (their outputs' memory reused
     # every step) must train as the eager model does, replays included; under DDP (one NCCL rank here:
     # torchrun's two are run on the device) the all-reduce hooks fire between the backward's replays;
     # under bf16 attention's backward is SDPA's fused kernel, called from inside the recorded graph;
-    # a SAM step replays the forward and backward twice before the optimizer's step
+    # a SAM step replays the forward and backward twice before the optimizer's step; with data.mix_prob mixed
+    # and unmixed batches (soft and one-hot targets) take turns through the same recorded graphs
     import torch.distributed as dist
     import vision_mamba as vm
     from config import get_preset
+    from data_pipeline import mix_batch
     from train_vision_mamba import compile_model, make_step_parts, train_step
     t = get_preset("cifar10").training
     fused_calls, fused = [], vm.fused_attention_backward
@@ -203,9 +206,15 @@ def test_training_through_cuda_graphs_follows_eager_training(ddp, dtype, sam_rho
             net = compile_model(net, "on", cudagraphs=True) if cudagraphs else net
             torch.manual_seed(1)
             losses[cudagraphs] = []
-            for _ in range(6):  # the first calls record, the later ones replay
+            mixed = []
+            for step in range(6):  # the first calls record, the later ones replay
                 images, labels = torch.randn(32, 3, 32, 32, device="cuda"), torch.randint(0, 10, (32,), device="cuda")
-                _, loss = train_step(net, model, images, labels, criterion, optimizer, scaler, ema, dtype, t.grad_clip,
+                targets = labels
+                if mix_prob:
+                    plain = images
+                    images, targets = mix_batch(images, labels, 10, 0.8, 1.0, 0, 0, step, mix_prob)
+                    mixed.append(images is not plain)
+                _, loss = train_step(net, model, images, targets, criterion, optimizer, scaler, ema, dtype, t.grad_clip,
                                      cudagraphs, sam_rho)
                 losses[cudagraphs].append(loss.item())
             torch._dynamo.reset()
@@ -215,6 +224,7 @@ def test_training_through_cuda_graphs_follows_eager_training(ddp, dtype, sam_rho
     assert all(math.isfinite(x) for x in losses[True])
     assert losses[True] == pytest.approx(losses[False], rel=1e-2)
     assert bool(fused_calls) == (dtype is not None)
+    assert not mix_prob or len(set(mixed)) == 2  # both kinds of batch were trained on
 
 
 def test_fused_attention_backward_matches_the_reference():
