@@ -21,6 +21,7 @@ DEVICES = ("auto", "cpu", "cuda")
 SWITCHES = ("auto", "on", "off")
 COMPILE_MODES = ("auto", "on", "off", "regional", "all_but_attention")
 MONITORS = ("val_acc", "val_loss")
+OPTIMIZERS = ("adamw", "muon")
 MAX_TTA_SHIFT = 4  # test-time translations pad by reflection, which needs a shift under the image side (digits: 8 px)
 
 
@@ -80,6 +81,9 @@ class TrainingConfig:
     min_lr: float = 1e-5
     weight_decay: float = 0.05
     betas: tuple = (0.9, 0.999)
+    # muon: torch.optim.Muon on the blocks' 2-D weight matrices, AdamW (lr, weight_decay, betas above) on the rest.
+    # Muon's steps are scaled to AdamW's update size (Moonshot's match_rms_adamw), so the same lr and decay serve both
+    optimizer: str = "adamw"
     warmup_epochs: float = 2.0
     scheduler: str = "cosine"
     step_epochs: int = 30  # step scheduler: multiply lr by step_gamma every step_epochs
@@ -376,6 +380,7 @@ def validate(config):
     _require(len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), f"training.betas must be two numbers in [0, 1), got {list(t.betas)}")
     _require(t.warmup_epochs >= 0, f"training.warmup_epochs must be >= 0, got {t.warmup_epochs}")
     _one_of("training.scheduler", t.scheduler, SCHEDULERS)
+    _one_of("training.optimizer", t.optimizer, OPTIMIZERS)
     _require(t.step_epochs >= 1, f"training.step_epochs must be >= 1, got {t.step_epochs}")
     _require(0 < t.step_gamma <= 1, f"training.step_gamma must be in (0, 1], got {t.step_gamma}")
     _require(t.plateau_patience >= 0, f"training.plateau_patience must be >= 0, got {t.plateau_patience}")

@@ -286,12 +286,47 @@ def effective_lr(config, world_size):
     return config.training.lr * (world_size if config.training.lr_scaling == "linear" else 1)
 
 
+class MuonWithAdamW(torch.optim.Optimizer):
+    """Muon and AdamW as one optimizer, so the lr schedulers, the loss scaler and the checkpoint treat it
+    as they treat AdamW alone. Its param_groups are the two optimizers' own group dicts, so an lr a
+    scheduler sets reaches both; the state stays in the two."""
+
+    def __init__(self, muon, adamw):
+        self.parts = {"muon": muon, "adamw": adamw}
+        super().__init__(muon.param_groups + adamw.param_groups, defaults={})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for part in self.parts.values():
+            part.step()
+
+    def state_dict(self):
+        return {name: part.state_dict() for name, part in self.parts.items()}
+
+    def load_state_dict(self, state_dict):
+        for name, part in self.parts.items():
+            part.load_state_dict(state_dict[name])
+
+
+def make_optimizer(model, t, lr, device):
+    """AdamW over the model's weight-decay groups (fused on CUDA); with training.optimizer muon,
+    torch.optim.Muon takes the blocks' weight matrices out of them."""
+    fused = device.type == "cuda"
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(model.param_groups(t.weight_decay), lr=lr, betas=t.betas, fused=fused)
+    matrices = model.hidden_matrices()
+    named = dict(model.named_parameters())
+    muon = torch.optim.Muon([named[n] for n in sorted(matrices)], lr=lr, weight_decay=t.weight_decay,
+                            adjust_lr_fn="match_rms_adamw")
+    adamw = torch.optim.AdamW(model.param_groups(t.weight_decay, exclude=matrices), lr=lr, betas=t.betas, fused=fused)
+    return MuonWithAdamW(muon, adamw)
+
+
 def make_step_parts(model, t, lr, device, dtype):
-    """What train_step needs besides the model: the label-smoothed loss, AdamW over the model's
-    weight-decay groups (fused on CUDA), the loss scaler (active for fp16 only) and the EMA of the
-    weights if enabled."""
+    """What train_step needs besides the model: the label-smoothed loss, the optimizer, the loss
+    scaler (active for fp16 only) and the EMA of the weights if enabled."""
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
-    optimizer = torch.optim.AdamW(model.param_groups(t.weight_decay), lr=lr, betas=t.betas, fused=device.type == "cuda")
+    optimizer = make_optimizer(model, t, lr, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     ema = AveragedModel(model, multi_avg_fn=ema_with_warmup(t.ema_decay), use_buffers=True) if t.ema else None
     return criterion, optimizer, scaler, ema
@@ -1031,6 +1066,9 @@ def prepare(argv):
             if config.data.batch_size != base.data.batch_size:  # the stored position in the epoch counts batches
                 raise ConfigError(f"data.batch_size {config.data.batch_size} differs from the checkpoint's "
                                   f"{base.data.batch_size}: a resumed run keeps its batch size; start a new run for another")
+            if config.training.optimizer != base.training.optimizer:  # the stored state is the other optimizer's
+                raise ConfigError(f"training.optimizer {config.training.optimizer!r} differs from the checkpoint's "
+                                  f"{base.training.optimizer!r}: resume with the checkpoint's optimizer, or start a new run")
             refused = architecture_changes(base, config)
             if named_dataset != base.data.dataset:
                 refused.insert(0, ("data.dataset", base.data.dataset, named_dataset))

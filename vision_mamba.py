@@ -742,13 +742,21 @@ class VisionMamba(nn.Module):
         return {name for name, p in self.named_parameters()
                 if p.ndim <= 1 or name.endswith(("pos_embed",) + tuple("." + s for s in ssm_dynamics))}
 
-    def param_groups(self, weight_decay):
+    def hidden_matrices(self):
+        """Names of the blocks' nn.Linear weights (projections, attention, MLP): what Muon orthogonalises.
+        The stem, position embedding, head and the SSM's per-direction tensors are not hidden matrices (Muon's authors
+        leave embeddings and the classifier to AdamW)."""
+        return {f"blocks.{name}.weight" for name, module in self.blocks.named_modules() if isinstance(module, nn.Linear)}
+
+    def param_groups(self, weight_decay, exclude=frozenset()):
+        """AdamW's two groups, with and without weight decay, of the parameters not named in exclude."""
         skip = self.no_weight_decay()
-        params = dict(self.named_parameters())
-        return [
+        params = {n: p for n, p in self.named_parameters() if n not in exclude}
+        groups = [
             {"params": [p for n, p in params.items() if n not in skip], "weight_decay": weight_decay},
             {"params": [p for n, p in params.items() if n in skip], "weight_decay": 0.0},
         ]
+        return [g for g in groups if g["params"]]
 
 
 @torch.no_grad()
