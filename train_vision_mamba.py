@@ -306,6 +306,8 @@ class MuonWithAdamW(torch.optim.Optimizer):
     def load_state_dict(self, state_dict):
         for name, part in self.parts.items():
             part.load_state_dict(state_dict[name])
+        # loading gives each part new group dicts: share those, or a scheduler's lr would miss both
+        self.param_groups = [group for part in self.parts.values() for group in part.param_groups]
 
 
 def make_optimizer(model, t, lr, device):

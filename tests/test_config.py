@@ -43,6 +43,7 @@ def test_partial_json_files_start_from_the_defaults(tmp_path):
     ({"training": {"lr": -1e-3}}, ["training.lr must be > 0"]),
     ({"data": {"batch_size": 0}}, ["data.batch_size must be >= 1"]),
     ({"training": {"scheduler": "linear"}}, ["training.scheduler", "cosine, step, plateau, constant"]),
+    ({"training": {"optimizer": "sgd"}}, ["training.optimizer", "adamw, muon"]),
     ({"model": {"model_size": "huge"}}, ["model.model_size", "tiny, small, base, large"]),
     ({"model": {"block_type": "mamba"}}, ["model.block_type", "hybrid, ssm, attention"]),
     ({"model": {"ssm_conv": "3d"}}, ["model.ssm_conv", "1d, 2d"]),

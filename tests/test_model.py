@@ -436,6 +436,12 @@ def test_precision_sensitive_parameters_stay_fp32_and_skip_weight_decay():
         assert name not in skip, name
     groups = model.param_groups(0.05)
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    # Muon's matrices are the blocks' Linear weights: not the head, nor the SSM's 2-D D and dt_bias
+    matrices = model.hidden_matrices()
+    assert {"blocks.0.attn.qkv.weight", "blocks.0.ssm.in_proj.weight", "blocks.0.mlp.fc2.weight"} <= matrices
+    assert not matrices & ({"head.weight", "blocks.0.ssm.x_proj"} | skip)
+    rest = model.param_groups(0.05, exclude=matrices)
+    assert sum(len(g["params"]) for g in rest) == len(list(model.parameters())) - len(matrices)
     ssm = model.blocks[0].ssm
     assert ssm.A_log.dtype == ssm.D.dtype == ssm.dt_bias.dtype == torch.float32
 

@@ -61,9 +61,11 @@ def test_lr_schedule_warms_up_then_decays(digits_run):
     assert lrs[0] > lrs[-1] and lrs[-1] >= 1e-5 * 0.999
 
 
-def test_resume_continues_exactly_where_it_stopped(tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_continues_exactly_where_it_stopped(tmp_path, optimizer):
     straight = tmp_path / "straight"
-    assert train_vision_mamba.main(train_args(straight, "--set", "logging.save_every=1", "--set", "logging.keep_last=5", epochs=4)) == 0
+    assert train_vision_mamba.main(train_args(straight, "--set", "logging.save_every=1", "--set", "logging.keep_last=5",
+                                              "--set", f"training.optimizer={optimizer}", epochs=4)) == 0
     # a second experiment that has only the state after epoch 2, then resumes from it
     resumed = tmp_path / "resumed"
     os.makedirs(resumed / "checkpoints" / "vision_mamba_digits")
@@ -137,6 +139,9 @@ def test_resume_refuses_a_changed_architecture_but_takes_new_regularisation(tmp_
         train_vision_mamba.prepare(train_args(tmp_path, "--resume", str(last), config="mnist"))
     _, config, _, _ = train_vision_mamba.prepare(["--config", "digits", "--output_dir", str(tmp_path), "--resume", "auto"])
     assert config.model.embed_dim == 32 and config.model.depth == 2
+    # the stored optimizer state is AdamW's: Muon cannot take it over
+    with pytest.raises(train_vision_mamba.ConfigError, match="training.optimizer 'muon' differs from the checkpoint's 'adamw'"):
+        train_vision_mamba.prepare(train_args(tmp_path, "--resume", "auto", "--set", "training.optimizer=muon", epochs=2))
 
 
 def test_early_stopping_stops_and_keeps_the_best(tmp_path):
@@ -532,6 +537,36 @@ def test_sam_step_applies_the_gradient_taken_uphill_to_the_weights_as_they_were(
         for ours, want in zip(model.parameters(), twin.parameters()):
             torch.testing.assert_close(ours, want)
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_muon_takes_the_block_matrices_adamw_the_rest_and_both_follow_the_schedule():
+    torch.manual_seed(0)
+    model = create_model("tiny", depth=2, embed_dim=32, num_heads=2, d_state=4, num_classes=10, img_size=8, in_chans=1,
+                         patch_size=2)
+    t = apply_overrides(load_config("digits"), {"training.optimizer": "muon"}).training
+    criterion, optimizer, scaler, _ = train_vision_mamba.make_step_parts(model, t, t.lr, torch.device("cpu"), None)
+    named = dict(model.named_parameters())
+    muon = {id(p) for g in optimizer.parts["muon"].param_groups for p in g["params"]}
+    adamw = {id(p) for g in optimizer.parts["adamw"].param_groups for p in g["params"]}
+    assert muon == {id(named[n]) for n in model.hidden_matrices()} and not muon & adamw
+    assert muon | adamw == {id(p) for p in model.parameters()}
+    assert isinstance(optimizer.parts["muon"], torch.optim.Muon)
+    scheduler, _, _ = train_vision_mamba.make_schedulers(optimizer, t, steps_per_epoch=4)
+    before = {n: p.detach().clone() for n, p in named.items()}
+    images, labels = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    for _ in range(3):
+        train_vision_mamba.train_step(model, model, images, labels, criterion, optimizer, scaler, None, None, t.grad_clip)
+        scheduler.step()
+    lrs = {group["lr"] for part in optimizer.parts.values() for group in part.param_groups}
+    assert lrs == {optimizer.param_groups[0]["lr"]} and lrs != {t.lr}  # one warm-up lr, set through the composite
+    assert all(not torch.equal(before[n], named[n]) for n in model.hidden_matrices())
+    assert not torch.equal(before["head.weight"], named["head.weight"])
+    state = optimizer.state_dict()
+    assert set(state) == {"muon", "adamw"} and len(state["muon"]["state"]) == len(muon)
+    # a loaded optimizer still takes its lr from the scheduler
+    optimizer.load_state_dict(copy.deepcopy(state))
+    optimizer.param_groups[0]["lr"] = 0.5
+    assert optimizer.parts["muon"].param_groups[0]["lr"] == 0.5
 
 
 def test_sam_ascent_moves_rho_along_the_gradient_and_nothing_when_it_overflowed():
