@@ -61,11 +61,11 @@ def test_lr_schedule_warms_up_then_decays(digits_run):
     assert lrs[0] > lrs[-1] and lrs[-1] >= 1e-5 * 0.999
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
-def test_resume_continues_exactly_where_it_stopped(tmp_path, optimizer):
+def test_resume_continues_exactly_where_it_stopped(tmp_path):
+    # with Muon and AdamW as one optimizer, the harder state to restore; AdamW alone resumes in test_robustness's killed runs
     straight = tmp_path / "straight"
     assert train_vision_mamba.main(train_args(straight, "--set", "logging.save_every=1", "--set", "logging.keep_last=5",
-                                              "--set", f"training.optimizer={optimizer}", epochs=4)) == 0
+                                              "--set", "training.optimizer=muon", epochs=4)) == 0
     # a second experiment that has only the state after epoch 2, then resumes from it
     resumed = tmp_path / "resumed"
     os.makedirs(resumed / "checkpoints" / "vision_mamba_digits")
