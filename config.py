@@ -81,7 +81,7 @@ class TrainingConfig:
     min_lr: float = 1e-5
     weight_decay: float = 0.05
     betas: tuple = (0.9, 0.999)
-    # muon: torch.optim.Muon on the blocks' 2-D weight matrices, AdamW (lr, weight_decay, betas above) on the rest.
+    # muon: torch.optim.Muon on the blocks' nn.Linear weights, AdamW (lr, weight_decay, betas above) on the rest.
     # Muon's steps are scaled to AdamW's update size (Moonshot's match_rms_adamw), so the same lr and decay serve both
     optimizer: str = "adamw"
     warmup_epochs: float = 2.0

@@ -295,10 +295,14 @@ class MuonWithAdamW(torch.optim.Optimizer):
         self.parts = {"muon": muon, "adamw": adamw}
         super().__init__(muon.param_groups + adamw.param_groups, defaults={})
 
-    @torch.no_grad()
     def step(self, closure=None):
+        loss = None
+        if closure is not None:  # evaluated once, for both parts
+            with torch.enable_grad():
+                loss = closure()
         for part in self.parts.values():
             part.step()
+        return loss
 
     def state_dict(self):
         return {name: part.state_dict() for name, part in self.parts.items()}

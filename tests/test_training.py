@@ -563,6 +563,15 @@ def test_muon_takes_the_block_matrices_adamw_the_rest_and_both_follow_the_schedu
     assert not torch.equal(before["head.weight"], named["head.weight"])
     state = optimizer.state_dict()
     assert set(state) == {"muon", "adamw"} and len(state["muon"]["state"]) == len(muon)
+    # a closure runs once and both parts step on the gradient it leaves
+    def closure():
+        optimizer.zero_grad()
+        loss = criterion(model(images), labels)
+        loss.backward()
+        return loss
+    moved = named["head.weight"].detach().clone(), named["blocks.0.mlp.fc1.weight"].detach().clone()
+    assert torch.isfinite(optimizer.step(closure))
+    assert not torch.equal(moved[0], named["head.weight"]) and not torch.equal(moved[1], named["blocks.0.mlp.fc1.weight"])
     # a loaded optimizer still takes its lr from the scheduler
     optimizer.load_state_dict(copy.deepcopy(state))
     optimizer.param_groups[0]["lr"] = 0.5
