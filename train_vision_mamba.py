@@ -293,7 +293,10 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
     def __init__(self, muon, adamw):
         self.parts = {"muon": muon, "adamw": adamw}
-        super().__init__(muon.param_groups + adamw.param_groups, defaults={})
+        super().__init__(self._parts_groups(), defaults={})
+
+    def _parts_groups(self):
+        return [group for part in self.parts.values() for group in part.param_groups]
 
     def step(self, closure=None):
         loss = None
@@ -311,20 +314,20 @@ class MuonWithAdamW(torch.optim.Optimizer):
         for name, part in self.parts.items():
             part.load_state_dict(state_dict[name])
         # loading gives each part new group dicts: share those, or a scheduler's lr would miss both
-        self.param_groups = [group for part in self.parts.values() for group in part.param_groups]
+        self.param_groups = self._parts_groups()
 
 
 def make_optimizer(model, t, lr, device):
     """AdamW over the model's weight-decay groups (fused on CUDA); with training.optimizer muon,
     torch.optim.Muon takes the blocks' weight matrices out of them."""
-    fused = device.type == "cuda"
+    matrices = model.hidden_matrices() if t.optimizer == "muon" else frozenset()
+    adamw = torch.optim.AdamW(model.param_groups(t.weight_decay, exclude=matrices), lr=lr, betas=t.betas,
+                              fused=device.type == "cuda")
     if t.optimizer == "adamw":
-        return torch.optim.AdamW(model.param_groups(t.weight_decay), lr=lr, betas=t.betas, fused=fused)
-    matrices = model.hidden_matrices()
+        return adamw
     named = dict(model.named_parameters())
     muon = torch.optim.Muon([named[n] for n in sorted(matrices)], lr=lr, weight_decay=t.weight_decay,
                             adjust_lr_fn="match_rms_adamw")
-    adamw = torch.optim.AdamW(model.param_groups(t.weight_decay, exclude=matrices), lr=lr, betas=t.betas, fused=fused)
     return MuonWithAdamW(muon, adamw)
 
 

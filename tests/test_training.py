@@ -511,7 +511,8 @@ def test_sam_step_applies_the_gradient_taken_uphill_to_the_weights_as_they_were(
     model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
     twin = copy.deepcopy(model)
     for net in (model, twin):  # make_step_parts asks the model for its weight-decay groups
-        net.param_groups = lambda weight_decay, net=net: [{"params": list(net.parameters()), "weight_decay": weight_decay}]
+        net.param_groups = lambda weight_decay, exclude=(), net=net: [{"params": list(net.parameters()),
+                                                                        "weight_decay": weight_decay}]
     t = load_config("digits").training
     images, labels = torch.randn(16, 6), torch.randint(0, 3, (16,))
     rho = 0.3
