@@ -84,6 +84,7 @@ class TrainingConfig:
     # muon: torch.optim.Muon on the blocks' nn.Linear weights, AdamW (lr, weight_decay, betas above) on the rest.
     # Muon's steps are scaled to AdamW's update size (Moonshot's match_rms_adamw), so the same lr and decay serve both
     optimizer: str = "adamw"
+    muon_lr_scale: float = 1.0  # Muon's lr (and so its decoupled decay) is training.lr times this, through the schedule
     warmup_epochs: float = 2.0
     scheduler: str = "cosine"
     step_epochs: int = 30  # step scheduler: multiply lr by step_gamma every step_epochs
@@ -383,6 +384,7 @@ def validate(config):
     _require(t.warmup_epochs >= 0, f"training.warmup_epochs must be >= 0, got {t.warmup_epochs}")
     _one_of("training.scheduler", t.scheduler, SCHEDULERS)
     _one_of("training.optimizer", t.optimizer, OPTIMIZERS)
+    _require(t.muon_lr_scale > 0, f"training.muon_lr_scale must be > 0, got {t.muon_lr_scale}")
     _require(t.step_epochs >= 1, f"training.step_epochs must be >= 1, got {t.step_epochs}")
     _require(0 < t.step_gamma <= 1, f"training.step_gamma must be in (0, 1], got {t.step_gamma}")
     _require(t.plateau_patience >= 0, f"training.plateau_patience must be >= 0, got {t.plateau_patience}")

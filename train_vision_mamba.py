@@ -328,7 +328,17 @@ def make_optimizer(model, t, lr, device):
     named = dict(model.named_parameters())
     muon = torch.optim.Muon([named[n] for n in sorted(matrices)], lr=lr, weight_decay=t.weight_decay,
                             adjust_lr_fn="match_rms_adamw")
-    return MuonWithAdamW(muon, adamw)
+    optimizer = MuonWithAdamW(muon, adamw)
+    set_peak_lr(optimizer, t, lr)
+    return optimizer
+
+
+def set_peak_lr(optimizer, t, lr):
+    """The lr each param group starts its schedule from: lr, and lr * training.muon_lr_scale for Muon's."""
+    muon_groups = optimizer.parts["muon"].param_groups if isinstance(optimizer, MuonWithAdamW) else []
+    for group in optimizer.param_groups:
+        group["lr"] = lr * t.muon_lr_scale if any(group is g for g in muon_groups) else lr
+        group.pop("initial_lr", None)  # a scheduler built next takes the lr above as its base
 
 
 def make_step_parts(model, t, lr, device, dtype):
@@ -418,7 +428,8 @@ def make_schedulers(optimizer, t, steps_per_epoch):
 
 # What the per-step lr schedule is a function of (training.* fields), besides the step and the
 # number of processes.
-SCHEDULE_FIELDS = ("epochs", "warmup_epochs", "scheduler", "lr", "min_lr", "step_epochs", "step_gamma", "lr_scaling")
+SCHEDULE_FIELDS = ("epochs", "warmup_epochs", "scheduler", "lr", "muon_lr_scale", "min_lr", "step_epochs", "step_gamma",
+                   "lr_scaling")
 
 
 def schedule_changes(old, new):
@@ -443,9 +454,7 @@ def architecture_changes(old, new):
 def schedule_at_step(optimizer, t, steps_per_epoch, lr, step):
     """A fresh per-step schedule for config t, advanced to `step`: the schedule is a function of
     the step alone, so replaying it gives the lr a run with these settings would have there."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-        group.pop("initial_lr", None)
+    set_peak_lr(optimizer, t, lr)
     scheduler, _, _ = make_schedulers(optimizer, t, steps_per_epoch)
     with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
         warnings.simplefilter("ignore", UserWarning)

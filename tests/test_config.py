@@ -44,6 +44,7 @@ def test_partial_json_files_start_from_the_defaults(tmp_path):
     ({"data": {"batch_size": 0}}, ["data.batch_size must be >= 1"]),
     ({"training": {"scheduler": "linear"}}, ["training.scheduler", "cosine, step, plateau, constant"]),
     ({"training": {"optimizer": "sgd"}}, ["training.optimizer", "adamw, muon"]),
+    ({"training": {"muon_lr_scale": 0}}, ["training.muon_lr_scale must be > 0"]),
     ({"model": {"model_size": "huge"}}, ["model.model_size", "tiny, small, base, large"]),
     ({"model": {"block_type": "mamba"}}, ["model.block_type", "hybrid, ssm, attention"]),
     ({"model": {"ssm_conv": "3d"}}, ["model.ssm_conv", "1d, 2d"]),

@@ -544,7 +544,7 @@ def test_muon_takes_the_block_matrices_adamw_the_rest_and_both_follow_the_schedu
     torch.manual_seed(0)
     model = create_model("tiny", depth=2, embed_dim=32, num_heads=2, d_state=4, num_classes=10, img_size=8, in_chans=1,
                          patch_size=2)
-    t = apply_overrides(load_config("digits"), {"training.optimizer": "muon"}).training
+    t = apply_overrides(load_config("digits"), {"training.optimizer": "muon", "training.muon_lr_scale": 2.0}).training
     criterion, optimizer, scaler, _ = train_vision_mamba.make_step_parts(model, t, t.lr, torch.device("cpu"), None)
     named = dict(model.named_parameters())
     muon = {id(p) for g in optimizer.parts["muon"].param_groups for p in g["params"]}
@@ -558,8 +558,11 @@ def test_muon_takes_the_block_matrices_adamw_the_rest_and_both_follow_the_schedu
     for _ in range(3):
         train_vision_mamba.train_step(model, model, images, labels, criterion, optimizer, scaler, None, None, t.grad_clip)
         scheduler.step()
-    lrs = {group["lr"] for part in optimizer.parts.values() for group in part.param_groups}
-    assert lrs == {optimizer.param_groups[0]["lr"]} and lrs != {t.lr}  # one warm-up lr, set through the composite
+    def part_lrs():
+        return {name: {group["lr"] for group in part.param_groups} for name, part in optimizer.parts.items()}
+    warming = part_lrs()  # one warm-up lr per part, set through the composite; Muon's at muon_lr_scale times AdamW's
+    assert len(warming["adamw"]) == 1 and warming["adamw"] != {t.lr}
+    assert sorted(warming["muon"]) == pytest.approx([2.0 * lr for lr in warming["adamw"]])
     assert all(not torch.equal(before[n], named[n]) for n in model.hidden_matrices())
     assert not torch.equal(before["head.weight"], named["head.weight"])
     state = optimizer.state_dict()
@@ -577,6 +580,12 @@ def test_muon_takes_the_block_matrices_adamw_the_rest_and_both_follow_the_schedu
     optimizer.load_state_dict(copy.deepcopy(state))
     optimizer.param_groups[0]["lr"] = 0.5
     assert optimizer.parts["muon"].param_groups[0]["lr"] == 0.5
+    # a schedule replayed for a resumed run (schedule_at_step) keeps Muon's scale, a changed one too
+    t.muon_lr_scale = 3.0
+    train_vision_mamba.schedule_at_step(optimizer, t, 4, t.lr, step=3)
+    replayed = part_lrs()
+    assert len(replayed["adamw"]) == 1 and sorted(replayed["adamw"]) == pytest.approx(sorted(warming["adamw"]))
+    assert sorted(replayed["muon"]) == pytest.approx([3.0 * lr for lr in replayed["adamw"]])
 
 
 def test_sam_ascent_moves_rho_along_the_gradient_and_nothing_when_it_overflowed():
