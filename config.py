@@ -84,7 +84,7 @@ class TrainingConfig:
     # muon: torch.optim.Muon on the blocks' nn.Linear weights, AdamW (lr, weight_decay, betas above) on the rest.
     # Muon's steps are scaled to AdamW's update size (Moonshot's match_rms_adamw), so the same lr and decay serve both
     optimizer: str = "adamw"
-    muon_lr_scale: float = 1.0  # Muon's lr (and so its decoupled decay) is training.lr times this, through the schedule
+    muon_lr_scale: float = 1.0  # Muon's lr (and so its decoupled decay) is training.lr times this; unused by adamw
     warmup_epochs: float = 2.0
     scheduler: str = "cosine"
     step_epochs: int = 30  # step scheduler: multiply lr by step_gamma every step_epochs
